@@ -1,0 +1,306 @@
+"""Reading prompt sets in slices and rendering rows into requests.
+
+Three ways a row becomes a request: a `[prompt] template` with `{column}` placeholders, a `messages_column`
+holding an OpenAI-style messages list, or rows that already are OpenAI Batch API lines
+(`custom_id`, `method`, `url`, `body`). The file is read with polars in slices, never whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from batchrun.errors import InputError
+from batchrun.job import Job
+from batchrun.records import Request, Result
+
+if TYPE_CHECKING:
+    import polars as pl
+
+SUFFIXES = {".jsonl": "ndjson", ".ndjson": "ndjson", ".parquet": "parquet", ".csv": "csv"}
+BATCH_KEYS = ("custom_id", "method", "url", "body")
+BATCH_URLS = ("/v1/chat/completions", "/chat/completions")
+SLICE_ROWS = 10_000
+# Columns Contract 2 appends; an input column with one of these names is renamed `input_<name>`.
+RESULT_COLUMNS = (
+    "custom_id", "status", "completion", "finish_reason", "reasoning", "tool_calls", "prompt_tokens",
+    "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens", "cost_usd", "model",
+    "response_id", "latency_s", "attempts", "error_type", "error", "http_status",
+)  # fmt: skip
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}\"'\n:]+)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """A slice of the input: its columns as they go to the output (with `custom_id`), and its work items.
+
+    An item is a `Request` to send, or a `Result` for a row that cannot be sent (a null in a template column).
+    """
+
+    frame: pl.DataFrame
+    items: list[Request | Result]
+
+
+class Template:
+    """A prompt template: `{column}` is replaced by the row's value; `{{` and `}}` are literal braces."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.parts: list[str] = []  # literal text at even positions, column names at odd ones
+        literal: list[str] = []
+        pos = 0
+        for match in _PLACEHOLDER.finditer(text):
+            literal.append(text[pos : match.start()])
+            token = match.group(0)
+            if match.group(1) is None:
+                literal.append(token[0])
+            else:
+                self.parts += ["".join(literal), match.group(1)]
+                literal = []
+            pos = match.end()
+        literal.append(text[pos:])
+        self.parts.append("".join(literal))
+        self.columns = tuple(dict.fromkeys(self.parts[1::2]))
+
+    def render(self, values: dict[str, Any]) -> str:
+        """The template with each placeholder replaced by `str(values[column])`."""
+        parts = self.parts
+        out = [parts[0]]
+        for i in range(1, len(parts), 2):
+            out.append(str(values[parts[i]]))
+            out.append(parts[i + 1])
+        return "".join(out)
+
+
+def estimate_tokens(messages: Sequence[Any]) -> int:
+    """A cheap, deliberately generous token estimate for rate limiting: ~3.5 characters a token."""
+    chars = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                text = part.get("text") if isinstance(part, dict) else None
+                # An image costs hundreds of tokens whatever its URL's length; 1,000 chars is a middle guess.
+                chars += len(text) if isinstance(text, str) else 1000
+    return int(chars / 3.5) + 4 * len(messages) + 3
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    """Canonical JSON: the bytes sent on the wire and hashed into the custom_id."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class PromptSet:
+    """The job's prompt set: validated on construction, then read slice by slice."""
+
+    def __init__(self, job: Job, *, limit: int | None = None, slice_rows: int = SLICE_ROWS) -> None:
+        self.job = job
+        self.path = job.input.path
+        self.limit = limit
+        self.slice_rows = slice_rows
+        if not self.path.is_file():
+            raise InputError(self.path, "no such input file (set [input] path or pass --input)")
+        self.format = SUFFIXES.get(self.path.suffix.lower())
+        if self.format is None:
+            known = ", ".join(SUFFIXES)
+            raise InputError(self.path, f"unknown input format {self.path.suffix!r}; use one of {known}")
+        prompt = job.prompt
+        self.template = Template(prompt.template) if prompt.template is not None else None
+        self.batch_lines = self.template is None and prompt.messages_column is None
+        if self.batch_lines and self.format != "ndjson":
+            raise InputError(
+                self.path,
+                "[prompt] has neither template nor messages_column, so the input must be OpenAI Batch API "
+                "lines in a .jsonl file",
+            )
+        self.columns = self._read_columns()
+        self._check_columns()
+        params = dict(job.params)
+        # Outputs rarely reach max_tokens; half of it (or 256) is a fair first guess for the rate limiter.
+        self._est_output = int(params.get("max_tokens") or params.get("max_completion_tokens") or 512) // 2
+
+    def _scan(self) -> pl.LazyFrame:
+        import polars as pl
+
+        if self.batch_lines:
+            frame = pl.scan_lines(self.path, name="line")
+        elif self.format == "parquet":
+            frame = pl.scan_parquet(self.path)
+        elif self.format == "csv":
+            frame = pl.scan_csv(self.path, infer_schema_length=10_000)
+        else:
+            frame = pl.scan_ndjson(self.path, infer_schema_length=10_000)
+        return frame.head(self.limit) if self.limit is not None else frame
+
+    def _read_columns(self) -> list[str]:
+        if self.batch_lines:
+            return list(BATCH_KEYS)
+        try:
+            return list(self._scan().collect_schema().names())
+        except Exception as exc:  # polars raises many types for a malformed file; all mean the same here
+            raise InputError(self.path, f"cannot read the input: {exc}") from None
+
+    def _check_columns(self) -> None:
+        wanted: list[tuple[str, str]] = []
+        if self.template is not None:
+            wanted += [(c, "[prompt] template placeholder") for c in self.template.columns]
+        if self.job.prompt.messages_column:
+            wanted.append((self.job.prompt.messages_column, "[prompt] messages_column"))
+        if self.job.input.id_column and not self.batch_lines:
+            wanted.append((self.job.input.id_column, "[input] id_column"))
+        for column, role in wanted:
+            if column not in self.columns:
+                have = ", ".join(self.columns)
+                hint = " (write {{ and }} for literal braces)" if "placeholder" in role else ""
+                raise InputError(self.path, f"{role} {{{column}}} is not a column; columns: {have}{hint}")
+
+    def slices(self) -> Iterator[Slice]:
+        """The input in order, a slice at a time, each with its rendered requests."""
+        import polars as pl
+
+        row = 0
+        try:
+            batches = self._scan().collect_batches(chunk_size=self.slice_rows)
+            for frame in batches:
+                if frame.height == 0:
+                    continue
+                if self.batch_lines:
+                    out = self._render_batch_lines(frame, row)
+                else:
+                    out = self._render_rows(frame, row)
+                row += frame.height
+                yield out
+        except (pl.exceptions.PolarsError, OSError) as exc:  # a row polars cannot parse halfway through
+            raise InputError(self.path, f"cannot read the input after row {row}: {exc}") from None
+
+    def _render_rows(self, frame: pl.DataFrame, first_row: int) -> Slice:
+        import polars as pl
+
+        job = self.job
+        model = job.provider.model
+        system = job.prompt.system
+        id_column = job.input.id_column
+        needed = list(self.template.columns) if self.template is not None else []
+        messages_column = job.prompt.messages_column
+        if messages_column:
+            needed.append(messages_column)
+        if id_column:
+            needed.append(id_column)
+        values = {c: frame.get_column(c).to_list() for c in dict.fromkeys(needed)}
+        ids = values[id_column] if id_column else range(first_row, first_row + frame.height)
+
+        items: list[Request | Result] = []
+        custom_ids: list[str] = []
+        for i in range(frame.height):
+            row = {c: v[i] for c, v in values.items()}
+            row_key = f"id:{ids[i]}" if id_column else f"row:{ids[i]}"
+            try:
+                messages = self._messages(row, system)
+            except ValueError as exc:
+                custom_id = _digest(row_key.encode())
+                items.append(_input_error(custom_id, f"row {first_row + i}: {exc}"))
+            else:
+                body = {"model": model, "messages": messages, **job.params}
+                payload = encode(body)
+                custom_id = _digest(row_key.encode() + b"\0" + payload)
+                items.append(Request(custom_id, body, payload, estimate_tokens(messages), self._est_output))
+            custom_ids.append(custom_id)
+        renames = {c: f"input_{c}" for c in frame.columns if c in RESULT_COLUMNS}
+        out = frame.rename(renames).with_columns(pl.Series("custom_id", custom_ids, dtype=pl.String))
+        return Slice(out, items)
+
+    def _messages(self, row: dict[str, Any], system: str | None) -> list[dict[str, Any]]:
+        """The row's messages; ValueError says why the row cannot be sent."""
+        if self.template is not None:
+            null = [c for c in self.template.columns if row[c] is None]
+            if null:
+                raise ValueError(f"column {null[0]!r} is null")
+            messages: list[dict[str, Any]] = [{"role": "user", "content": self.template.render(row)}]
+        else:
+            column = self.job.prompt.messages_column
+            assert column is not None
+            messages = _parse_messages(row[column], column)
+        if system is not None and not (messages and messages[0].get("role") in ("system", "developer")):
+            messages.insert(0, {"role": "system", "content": system})
+        return messages
+
+    def _render_batch_lines(self, frame: pl.DataFrame, first_row: int) -> Slice:
+        import polars as pl
+
+        columns: dict[str, list[Any]] = {key: [] for key in BATCH_KEYS}
+        items: list[Request | Result] = []
+        for i, line in enumerate(frame.get_column("line").to_list()):
+            try:
+                record, request = self._batch_request(line)
+            except ValueError as exc:
+                # One bad line must not stop a million-line run: that row fails, the rest go on.
+                custom_id = _digest(line.encode())
+                items.append(_input_error(custom_id, f"line {first_row + i + 1}: {exc}"))
+                record = {"custom_id": custom_id, "method": None, "url": None, "body": line}
+            else:
+                items.append(request)
+            columns["custom_id"].append(str(record["custom_id"]))
+            columns["method"].append(record["method"])
+            columns["url"].append(record["url"])
+            body = record["body"]
+            columns["body"].append(body if isinstance(body, str) else json.dumps(body, ensure_ascii=False))
+        return Slice(pl.DataFrame(columns, schema=dict.fromkeys(BATCH_KEYS, pl.String)), items)
+
+    def _batch_request(self, line: str) -> tuple[dict[str, Any], Request]:
+        """Parse one OpenAI Batch API line; ValueError says what is wrong with it."""
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not all(k in record for k in BATCH_KEYS):
+            raise ValueError(f"a batch line needs the keys {', '.join(BATCH_KEYS)}")
+        if record["url"] not in BATCH_URLS or str(record["method"]).upper() != "POST":
+            raise ValueError("only POST /v1/chat/completions lines are supported")
+        body = record["body"]
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            raise ValueError("body.messages must be a list")
+        # The job's model and [params] win, so one batch file can be rerun against another setup.
+        body = {**body, **self.job.params}
+        if self.job.provider.model:
+            body["model"] = self.job.provider.model
+        if not body.get("model"):
+            raise ValueError("body has no model; set [provider] model")
+        est_output = int(body.get("max_tokens") or body.get("max_completion_tokens") or 512) // 2
+        request = Request(
+            str(record["custom_id"]), body, encode(body), estimate_tokens(body["messages"]), est_output
+        )
+        return record, request
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _input_error(custom_id: str, message: str) -> Result:
+    return Result(custom_id, "error", error_type="invalid_input", error=message)
+
+
+def _parse_messages(value: Any, column: str) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"column {column!r} is not valid JSON ({exc.msg})") from None
+    if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
+        raise ValueError(f"column {column!r} must hold a non-empty list of messages ({{role, content}})")
+    # Polars gives every struct field to every row; a null field was absent in the source.
+    return [_strip_nulls(m) for m in value]
+
+
+def _strip_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_nulls(v) for v in value]
+    return value

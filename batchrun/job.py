@@ -1,0 +1,237 @@
+"""The job file (Contract 1): schema, loading, `--set` overrides and paths.
+
+A job file is TOML. Paths inside it are relative to the job file's own folder, so cron can run it from
+anywhere; paths given on the command line (`--input`, `--output`, `--set input.path=...`) are relative to
+the working directory. Everything is validated once, here, before a single request is sent.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from batchrun.errors import JobFileError
+from batchrun.providers.presets import PRESETS
+
+# Keys whose values are file paths: resolved against the job file's folder or the working directory.
+PATH_KEYS = (("input", "path"), ("output", "path"))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSection(_Section):
+    """`[input]`: the prompt set."""
+
+    path: Path
+    id_column: str | None = None
+
+
+class PromptSection(_Section):
+    """`[prompt]`: how a row becomes messages. Neither template nor messages_column: OpenAI batch lines."""
+
+    system: str | None = None
+    template: str | None = None
+    messages_column: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptSection:
+        if self.template is not None and self.messages_column is not None:
+            raise ValueError("set either template or messages_column, not both")
+        return self
+
+
+class ProviderSection(_Section):
+    """`[provider]`: where requests go. A preset fills kind, base_url and api_key_env."""
+
+    preset: str | None = None
+    kind: Literal["openai"] = "openai"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    api_key_required: bool = True
+    model: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _has_endpoint(self) -> ProviderSection:
+        if self.base_url is None and self.preset != "emulator":
+            raise ValueError("set preset (see `batchrun providers`) or base_url")
+        return self
+
+
+class LimitsSection(_Section):
+    """`[limits]`: concurrency, rate limits, retries and timeouts."""
+
+    concurrency: int = Field(default=32, ge=1, le=8192)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+    max_attempts: int = Field(default=6, ge=1, le=100)
+    timeout_s: float = Field(default=120.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=60.0, ge=0)
+
+
+class PricingSection(_Section):
+    """`[pricing]`: USD per 1M tokens; overrides the built-in price table."""
+
+    input: float | None = Field(default=None, ge=0)
+    output: float | None = Field(default=None, ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+
+
+class OutputSection(_Section):
+    """`[output]`: where the result Parquet goes; `{job}` is replaced by the job's name."""
+
+    path: Path = Path("out/{job}.parquet")
+
+
+class Job(_Section):
+    """A validated job: every section present, defaults filled, paths absolute."""
+
+    name: str = Field(min_length=1)
+    input: InputSection
+    prompt: PromptSection = PromptSection()
+    provider: ProviderSection
+    params: dict[str, Any] = Field(default_factory=dict)
+    limits: LimitsSection = LimitsSection()
+    pricing: PricingSection = PricingSection()
+    output: OutputSection = OutputSection()
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _check_params(self) -> Job:
+        for key in ("model", "messages"):
+            if key in self.params:
+                where = "[provider] model" if key == "model" else "[prompt]"
+                raise ValueError(f"params.{key} is not allowed: set it in {where}")
+        if self.params.get("stream"):
+            raise ValueError("params.stream = true is not supported yet: remove it (replies are read whole)")
+        uses_prompt = self.prompt.template is not None or self.prompt.messages_column is not None
+        if uses_prompt and not self.provider.model:
+            raise ValueError("[provider] model is required (the request's model)")
+        return self
+
+    @property
+    def output_path(self) -> Path:
+        """The output file, with `{job}` filled in."""
+        return Path(str(self.output.path).replace("{job}", self.name))
+
+
+def load_job(
+    path: Path | str,
+    overrides: Sequence[str] = (),
+    *,
+    input_path: Path | str | None = None,
+    output_path: Path | str | None = None,
+    cwd: Path | None = None,
+) -> Job:
+    """Read, override and validate a job file; raise `JobFileError` naming the file and key on any problem.
+
+    `overrides` are `section.key=value` strings (values parsed as TOML when they parse, else taken as text).
+    """
+    path = Path(path)
+    cwd = cwd or Path.cwd()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobFileError(path, "no such job file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobFileError(path, f"cannot read the job file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise JobFileError(path, f"not valid TOML: {exc}") from None
+
+    _resolve_paths(raw, path.resolve().parent)
+    raw.setdefault("name", path.stem)
+    cli_values: dict[str, Any] = {}
+    for item in overrides:
+        key, value = _parse_override(path, item)
+        cli_values[key] = value
+    if input_path is not None:
+        cli_values["input.path"] = str(input_path)
+    if output_path is not None:
+        cli_values["output.path"] = str(output_path)
+    for key, value in cli_values.items():
+        _set_dotted(raw, key, value, path)
+        if tuple(key.split(".")) in PATH_KEYS:
+            _set_dotted(raw, key, str((cwd / Path(str(value)).expanduser()).resolve()), path)
+
+    _apply_preset(raw, path)
+    try:
+        job = Job.model_validate({**raw, "source": path})
+    except ValidationError as exc:
+        raise JobFileError(path, _format_validation_error(exc)) from None
+    return job
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    for section, key in PATH_KEYS:
+        table = raw.get(section)
+        if isinstance(table, dict) and isinstance(table.get(key), str):
+            table[key] = str((base / Path(table[key]).expanduser()).resolve())
+    raw.setdefault("output", {})
+    if isinstance(raw["output"], dict):
+        raw["output"].setdefault("path", str((base / OutputSection().path).resolve()))
+
+
+def _parse_override(job_path: Path, item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise JobFileError(job_path, f"--set {item!r}: expected section.key=value, e.g. limits.concurrency=8")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word such as `qwen-max` is meant as text
+    return key, value
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, job_path: Path) -> None:
+    parts = dotted.split(".")
+    table = raw
+    for i, part in enumerate(parts[:-1]):
+        child = table.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise JobFileError(job_path, f"--set {dotted}: {where} is a value, not a table")
+        table = child
+    table[parts[-1]] = value
+
+
+def _apply_preset(raw: dict[str, Any], job_path: Path) -> None:
+    provider = raw.get("provider")
+    if not isinstance(provider, dict) or "preset" not in provider:
+        return
+    name = provider["preset"]
+    preset = PRESETS.get(name) if isinstance(name, str) else None
+    if preset is None:
+        known = ", ".join(sorted(PRESETS))
+        raise JobFileError(job_path, f"unknown preset {name!r}; known: {known}", key="provider.preset")
+    # Keys the job sets win over the preset's.
+    for key, value in preset.fields().items():
+        provider.setdefault(key, value)
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        if len(loc) >= 2:
+            where = f"[{loc[0]}] {'.'.join(loc[1:])}"
+        elif loc:
+            where = loc[0]
+        else:
+            where = "job"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling against the job file reference in the README)"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        message = message.removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return "invalid job file:\n  " + "\n  ".join(lines)

@@ -1,0 +1,79 @@
+"""The small protocol every wire format implements, and helpers they share."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
+
+from batchrun.errors import ProviderError
+from batchrun.records import Reply, Request
+from batchrun.retry import classify
+
+
+class Provider(Protocol):
+    """A wire format: how to build a request, read a reply and read an error.
+
+    Adapters hold no connection and do no I/O; `batchrun.transport` sends what they build.
+    """
+
+    kind: ClassVar[str]
+
+    def url(self) -> str:
+        """The endpoint every request of this run goes to."""
+        ...
+
+    def headers(self) -> dict[str, str]:
+        """Headers sent with every request (auth included)."""
+        ...
+
+    def content(self, request: Request) -> bytes:
+        """The request body on the wire."""
+        ...
+
+    def parse(self, body: bytes) -> Reply:
+        """Read a 200 reply; raise `ProviderError` when it is not a usable answer."""
+        ...
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        """Turn a non-200 reply into a classified `ProviderError`."""
+        ...
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """The wait a reply asks for: `retry-after-ms` (float ms) over `retry-after` (seconds or an HTTP date)."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def load_json(body: bytes, what: str) -> Any:
+    """Decode a JSON reply; a body cut short is a retryable error, never a short answer."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        snippet = body[:120].decode("utf-8", "replace")
+        raise retryable_bad_reply(f"{what} is not valid JSON (truncated?): {snippet!r}") from None
+
+
+def retryable_bad_reply(message: str) -> ProviderError:
+    """A 200 that cannot be used (cut short, missing fields): worth another attempt."""
+    error_class, error_type = classify(None, "bad_response")
+    return ProviderError(message, error_type=error_type, error_class=error_class, status=200)

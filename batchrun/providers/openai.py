@@ -1,0 +1,114 @@
+"""OpenAI chat completions (`POST {base_url}/chat/completions`), as OpenAI-compatible servers speak it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from batchrun.errors import ProviderError
+from batchrun.providers.base import load_json, retry_after_s, retryable_bad_reply
+from batchrun.records import Reply, Request, Usage
+from batchrun.retry import classify
+
+
+class OpenAIProvider:
+    """The OpenAI chat-completions wire format with Bearer auth."""
+
+    kind: ClassVar[str] = "openai"
+
+    def __init__(self, base_url: str, api_key: str | None, extra_headers: Mapping[str, str]) -> None:
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"content-type": "application/json", "accept": "application/json", **extra_headers}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+
+    def url(self) -> str:
+        """`{base_url}/chat/completions`."""
+        return self._url
+
+    def headers(self) -> dict[str, str]:
+        """JSON content type, Bearer auth when a key is set, and the job's extra headers."""
+        return self._headers
+
+    def content(self, request: Request) -> bytes:
+        """The body is already in OpenAI's shape: send the canonical bytes as they are."""
+        return request.payload
+
+    def parse(self, body: bytes) -> Reply:
+        """Read a `chat.completion` object."""
+        data = load_json(body, "the reply")
+        if not isinstance(data, dict):
+            raise retryable_bad_reply("the reply is not a JSON object")
+        if "error" in data and not data.get("choices"):
+            # Some gateways answer 200 with an error object in the body.
+            raise _error_from_body(200, {}, data)
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise retryable_bad_reply("the reply has no choices")
+        choice = choices[0]
+        message = choice.get("message") or {}
+        tool_calls = message.get("tool_calls")
+        return Reply(
+            completion=message.get("content"),
+            finish_reason=choice.get("finish_reason"),
+            usage=parse_usage(data.get("usage")),
+            model=data.get("model"),
+            response_id=data.get("id"),
+            reasoning=message.get("reasoning_content") or message.get("reasoning"),
+            tool_calls=json.dumps(tool_calls, ensure_ascii=False) if tool_calls else None,
+        )
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        """Read `{"error": {message, type, code}}` (or DashScope's flat `{code, message}`) and classify it."""
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if not isinstance(data, dict):
+            data = {"error": {"message": body[:300].decode("utf-8", "replace").strip() or f"HTTP {status}"}}
+        return _error_from_body(status, headers, data)
+
+
+def _error_from_body(status: int, headers: Mapping[str, str], data: dict[str, Any]) -> ProviderError:
+    error = data.get("error")
+    if not isinstance(error, dict):
+        # DashScope's native shape is flat; Anthropic's nests under "error" too.
+        error = data if "code" in data or "message" in data else {"message": str(error or data)}
+    code = error.get("code") or error.get("type")
+    code = str(code) if code is not None else None
+    message = str(error.get("message") or f"HTTP {status}")
+    error_class, error_type = classify(status if status != 200 else None, code)
+    return ProviderError(
+        message,
+        error_type=error_type,
+        error_class=error_class,
+        status=status,
+        code=code,
+        retry_after_s=retry_after_s(headers),
+    )
+
+
+def parse_usage(usage: Any) -> Usage:
+    """OpenAI usage, including the variants resellers send (`input_tokens`, `prompt_cache_hit_tokens`)."""
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+    completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    cached = _int(prompt_details.get("cached_tokens", usage.get("prompt_cache_hit_tokens")))
+    total = _int(usage.get("total_tokens"))
+    if total is None and prompt is not None and completion is not None:
+        total = prompt + completion
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_tokens=cached,
+        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+        total_tokens=total,
+    )
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -1,0 +1,105 @@
+"""Presets for the providers batchrun knows: each fills `kind`, `base_url` and `api_key_env` of `[provider]`.
+
+Any field a job sets itself wins over the preset's, so a preset is a starting point, never a cage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """A named provider endpoint."""
+
+    name: str
+    kind: str
+    base_url: str | None  # None: the emulator, started in-process on a free loopback port
+    api_key_env: str | None
+    description: str
+    example_model: str = ""
+    api_key_required: bool = True  # local servers (vLLM, Ollama) accept requests without a key
+
+    def fields(self) -> dict[str, Any]:
+        """The `[provider]` keys this preset fills."""
+        return {
+            "kind": self.kind,
+            "base_url": self.base_url,
+            "api_key_env": self.api_key_env,
+            "api_key_required": self.api_key_required,
+        }
+
+
+_DASHSCOPE = "Alibaba Cloud Model Studio (DashScope), OpenAI-compatible mode"
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "emulator",
+            "openai",
+            None,
+            None,
+            "batchrun's built-in emulator (no key, no network)",
+            "qwen3-max",
+            api_key_required=False,
+        ),
+        Preset(
+            "maxtoken", "openai", "https://api.maxtoken.io/v1", "MAXTOKEN_API_KEY", "maxtoken", "qwen3-max"
+        ),
+        Preset("aimlapi", "openai", "https://api.aimlapi.com/v1", "AIMLAPI_API_KEY", "AI/ML API", "qwen-max"),
+        Preset(
+            "siray", "openai", "https://api.siray.ai/v1", "SIRAY_API_KEY", "siray", "alibaba/qwen3-max-256k"
+        ),
+        Preset(
+            "dashscope-intl",
+            "openai",
+            "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
+            "DASHSCOPE_API_KEY",
+            f"{_DASHSCOPE}, Singapore",
+            "qwen3-max",
+        ),
+        Preset(
+            "dashscope-cn",
+            "openai",
+            "https://dashscope.aliyuncs.com/compatible-mode/v1",
+            "DASHSCOPE_API_KEY",
+            f"{_DASHSCOPE}, Beijing",
+            "qwen3-max",
+        ),
+        Preset(
+            "dashscope-us",
+            "openai",
+            "https://dashscope-us.aliyuncs.com/compatible-mode/v1",
+            "DASHSCOPE_API_KEY",
+            f"{_DASHSCOPE}, US",
+            "qwen3-max",
+        ),
+        Preset("openai", "openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "OpenAI", "gpt-4o-mini"),
+        Preset(
+            "vllm",
+            "openai",
+            "http://127.0.0.1:8000/v1",
+            "VLLM_API_KEY",
+            "a local vLLM server",
+            api_key_required=False,
+        ),
+        Preset(
+            "ollama",
+            "openai",
+            "http://127.0.0.1:11434/v1",
+            None,
+            "a local Ollama server",
+            api_key_required=False,
+        ),
+        Preset(
+            "llamacpp",
+            "openai",
+            "http://127.0.0.1:8080/v1",
+            None,
+            "a local llama.cpp server",
+            api_key_required=False,
+        ),
+    )
+}

@@ -1,0 +1,76 @@
+"""Provider-neutral records that flow through a run: `Request` in, `Reply` from the wire, `Result` out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One rendered row, ready to send.
+
+    `body` is in the OpenAI chat-completions shape (the lingua franca of the inputs); a provider adapter turns
+    it into its own wire format. `payload` is `body` as canonical JSON, encoded once and reused.
+    """
+
+    custom_id: str
+    body: dict[str, Any]
+    payload: bytes
+    est_prompt_tokens: int
+    est_output_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts as the provider reported them; None where it did not say."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A successful answer, parsed from any wire format."""
+
+    completion: str | None
+    finish_reason: str | None
+    usage: Usage
+    model: str | None = None
+    response_id: str | None = None
+    reasoning: str | None = None
+    tool_calls: str | None = None  # JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one row: the columns Contract 2 adds to the output, plus whether a rerun retries it."""
+
+    custom_id: str
+    status: str  # "ok" | "error"
+    completion: str | None = None
+    finish_reason: str | None = None
+    reasoning: str | None = None
+    tool_calls: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    total_tokens: int | None = None
+    cost_usd: float | None = None
+    model: str | None = None
+    response_id: str | None = None
+    latency_s: float | None = None
+    attempts: int = 0
+    error_type: str | None = None
+    error: str | None = None
+    http_status: int | None = None
+    retryable: bool = False  # an error a rerun sends again (rate limits, 5xx); not an output column
+
+    @property
+    def ok(self) -> bool:
+        """True when the row has its answer."""
+        return self.status == "ok"

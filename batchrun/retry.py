@@ -1,0 +1,118 @@
+"""Which failures are retried, and how long to wait before the next attempt.
+
+Classification looks at the provider's error code first (DashScope's `Arrearage` is a 400 but stops the
+run; OpenAI's `insufficient_quota` is a 429 that no retry can fix), then at the HTTP status. It never
+searches message text.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from batchrun.errors import ErrorClass, ProviderError
+
+# Codes meaning no request of this run can succeed: the account, the key or the model is the problem.
+FATAL_CODES: dict[str, str] = {
+    "invalid_api_key": "auth",
+    "InvalidApiKey": "auth",
+    "AccessDenied": "auth",
+    "AccessDenied.Unpurchased": "auth",
+    "Model.AccessDenied": "auth",
+    "insufficient_quota": "billing",
+    "Arrearage": "billing",
+    "PrepaidBillOverdue": "billing",
+    "PostpaidBillOverdue": "billing",
+    "CommodityNotPurchased": "billing",
+    "model_not_found": "model_not_found",
+    "ModelNotFound": "model_not_found",
+}
+# Codes for one row's content: that row fails, the rest go on.
+ROW_CODES: dict[str, str] = {
+    "DataInspectionFailed": "content_filter",
+    "data_inspection_failed": "content_filter",
+    "content_filter": "content_filter",
+    "context_length_exceeded": "context_length",
+}
+# Codes batchrun itself gives to failures that happen below HTTP or in a 200's body.
+TRANSIENT_CODES: dict[str, str] = {
+    "timeout": "timeout",
+    "connection": "connection",
+    "bad_response": "bad_response",
+}
+RETRY_AFTER_CAP_S = 300.0
+RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+
+
+def classify(status: int | None, code: str | None) -> tuple[ErrorClass, str]:
+    """The class (retry, row, fatal) and the `error_type` of a failure, from its code, else its status."""
+    if code:
+        if code in FATAL_CODES:
+            return ErrorClass.FATAL, FATAL_CODES[code]
+        if code in ROW_CODES:
+            return ErrorClass.ROW, ROW_CODES[code]
+        if code in TRANSIENT_CODES:
+            return ErrorClass.RETRY, TRANSIENT_CODES[code]
+    if status in (401, 403):
+        return ErrorClass.FATAL, "auth"
+    if status == 404:
+        return ErrorClass.FATAL, "model_not_found"
+    if status == 429:
+        return ErrorClass.RETRY, "rate_limited"
+    if status == 529:
+        return ErrorClass.RETRY, "overloaded"
+    if status in (408, 504):
+        return ErrorClass.RETRY, "timeout"
+    if status in RETRY_STATUSES or (status is not None and status >= 500):
+        return ErrorClass.RETRY, "server_error"
+    if status is not None and 400 <= status < 500:
+        return ErrorClass.ROW, "bad_request"
+    return ErrorClass.RETRY, "server_error"
+
+
+class BackoffWait:
+    """Tenacity wait: the provider's `retry-after` when it gave one, else full-jitter exponential backoff.
+
+    Full jitter (a uniform draw below the exponential cap) spreads retries out so that many rows failing
+    together do not come back together.
+    """
+
+    def __init__(self, base_s: float, max_s: float, rng: Callable[[], float] = random.random) -> None:
+        self.base_s = base_s
+        self.max_s = max_s
+        self.rng = rng
+
+    def __call__(self, state: RetryCallState) -> float:
+        """Seconds to wait before the next attempt."""
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, ProviderError) and exc.retry_after_s is not None:
+            # Honour the provider's wait, but not an absurd one (an hour) that would look like a hang.
+            return float(min(exc.retry_after_s, max(self.max_s, RETRY_AFTER_CAP_S)))
+        cap: float = min(self.max_s, self.base_s * 2.0 ** (state.attempt_number - 1))
+        return cap * self.rng()
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ProviderError) and exc.retryable
+
+
+def retrying(max_attempts: int, base_s: float, max_s: float) -> AsyncRetrying:
+    """A fresh retry controller for one row: retryable `ProviderError`s only, at most `max_attempts` tries.
+
+    After the last attempt the last error is raised as it is, so the row records what really happened.
+    """
+    return AsyncRetrying(
+        retry=retry_if_exception(_is_retryable),
+        stop=stop_after_attempt(max_attempts),
+        wait=BackoffWait(base_s, max_s),
+        sleep=_sleep,
+        reraise=True,
+    )
+
+
+async def _sleep(seconds: float) -> Any:
+    await anyio.sleep(seconds)

@@ -1,0 +1,289 @@
+"""The run: one anyio task group with a producer, N workers and one writer.
+
+```
+producer --requests--> workers (N = concurrency) --results--> writer --> journal parts
+   \\-------------- rows that cannot be sent ----------------/
+```
+
+Memory stays flat: the input is read a slice at a time, the request stream is bounded (back-pressure on
+the producer), and results leave in batches. A fatal error (bad key, unpaid account) cancels the producer
+and the workers, never the writer: what finished is always journaled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import anyio
+import httpx
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from batchrun.errors import ErrorClass, ProviderError, StopRun, UsageError
+from batchrun.inputs import PromptSet
+from batchrun.job import Job
+from batchrun.limits import Limiter
+from batchrun.pricing import Price, find_price
+from batchrun.providers import Provider, make_provider
+from batchrun.records import Reply, Request, Result
+from batchrun.retry import retrying
+from batchrun.store import RunStore
+from batchrun.summary import Summary, summarize
+from batchrun.transport import Timeouts, attempt, make_client
+
+FLUSH_ROWS = 5_000
+FLUSH_SECONDS = 2.0
+
+
+@dataclass(slots=True)
+class Counters:
+    """What this run has done so far (rows answered in earlier runs are not counted here)."""
+
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    reused: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def add(self, result: Result) -> None:
+        """Count one finished row."""
+        if result.ok:
+            self.ok += 1
+        else:
+            self.failed += 1
+            key = result.error_type or "error"
+            self.errors[key] = self.errors.get(key, 0) + 1
+
+
+def run_job(
+    job: Job,
+    *,
+    limit: int | None = None,
+    fresh: bool = False,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Summary:
+    """Run `job` to the end (or to a stop) and return its summary; the library's entry point.
+
+    Raises `UsageError` before anything is sent when the job, input or environment is wrong, and `StopRun`
+    when the run had to stop early (its message says why; a rerun resumes). `transport` replaces the
+    network, for tests.
+    """
+    return anyio.run(_run_async, job, limit, fresh, transport)
+
+
+async def _run_async(
+    job: Job, limit: int | None, fresh: bool, transport: httpx.AsyncBaseTransport | None
+) -> Summary:
+    prompts = PromptSet(job, limit=limit)
+    api_key = _api_key(job)
+    store = RunStore(job.output_path)
+    with _endpoint(job) as base_url:
+        provider = make_provider(job.provider.kind, base_url, api_key, job.provider.headers)
+        runner = Runner(job, prompts, provider, store)
+        return await runner.run(fresh=fresh, transport=transport)
+
+
+def _api_key(job: Job) -> str | None:
+    env = job.provider.api_key_env
+    if env is None:
+        return None
+    key = os.environ.get(env)
+    if not key and job.provider.api_key_required:
+        raise UsageError(
+            f"{job.source}: the environment variable {env} is not set; export {env}=<your key> "
+            f"(it names [provider] api_key_env; the key itself never goes into a job file)"
+        )
+    return key or None
+
+
+@contextlib.contextmanager
+def _endpoint(job: Job) -> Iterator[str]:
+    """The base URL, starting the built-in emulator on a free loopback port for the `emulator` preset."""
+    if job.provider.base_url is not None:
+        yield job.provider.base_url
+        return
+    from batchrun.emulator import EmulatorConfig, EmulatorServer
+
+    with EmulatorServer(EmulatorConfig(latency_s=0.02)) as server:
+        yield server.base_url
+
+
+class Runner:
+    """Sends every pending row of a prompt set through one provider and journals the results."""
+
+    def __init__(self, job: Job, prompts: PromptSet, provider: Provider, store: RunStore) -> None:
+        self.job = job
+        self.prompts = prompts
+        self.provider = provider
+        self.store = store
+        limits = job.limits
+        self.limiter = Limiter(limits.requests_per_minute, limits.tokens_per_minute)
+        self.timeouts = Timeouts(connect_s=limits.connect_timeout_s, total_s=limits.timeout_s)
+        self.counters = Counters()
+        self.in_flight = 0
+        self.stop_reason: str | None = None
+        self._prices: dict[str | None, Price | None] = {}
+
+    async def run(self, *, fresh: bool = False, transport: httpx.AsyncBaseTransport | None = None) -> Summary:
+        """Send, journal, assemble the output; return the summary. Raises `StopRun` on an early stop."""
+        started = time.monotonic()
+        self.store.open(fresh=fresh)
+        concurrency = self.job.limits.concurrency
+        requests_tx, requests_rx = anyio.create_memory_object_stream[Request](concurrency * 2)
+        results_tx, results_rx = anyio.create_memory_object_stream[Result](concurrency * 2)
+        client = make_client(concurrency, self.timeouts, transport)
+        async with client, anyio.create_task_group() as tg:
+            tg.start_soon(self._writer, results_rx)
+            async with results_tx, anyio.create_task_group() as send_group:
+                self._send_scope = send_group.cancel_scope
+                send_group.start_soon(self._producer, requests_tx, results_tx.clone())
+                for _ in range(concurrency):
+                    send_group.start_soon(self._worker, client, requests_rx.clone(), results_tx.clone())
+                requests_rx.close()
+        wall_s = time.monotonic() - started
+        if self.stop_reason is not None:
+            raise StopRun(f"{self.stop_reason}\nWhat finished is saved in {self.store.dir}; rerun to resume.")
+        output = await anyio.to_thread.run_sync(self.store.assemble)
+        return summarize(output, counters=self.counters, wall_s=wall_s)
+
+    async def _producer(self, requests: ObjectSendStream[Request], results: ObjectSendStream[Result]) -> None:
+        async with requests, results:
+            done = self.store.finished_ids()
+            for piece in self.prompts.slices():
+                self.store.write_input(piece.frame)
+                finished = piece.frame.get_column("custom_id").is_in(done.implode()).to_list()
+                for item, skip in zip(piece.items, finished, strict=True):
+                    if skip:
+                        self.counters.reused += 1
+                    elif isinstance(item, Result):
+                        await results.send(item)
+                    else:
+                        await requests.send(item)
+
+    async def _worker(
+        self,
+        client: httpx.AsyncClient,
+        requests: ObjectReceiveStream[Request],
+        results: ObjectSendStream[Result],
+    ) -> None:
+        async with requests, results:
+            async for request in requests:
+                self.in_flight += 1
+                try:
+                    result = await self._process(client, request)
+                finally:
+                    self.in_flight -= 1
+                await results.send(result)
+
+    async def _process(self, client: httpx.AsyncClient, request: Request) -> Result:
+        """One row, with retries; a fatal error stops the run and cancels this task."""
+        limits = self.job.limits
+        attempts = 0
+        try:
+            async for try_ in retrying(limits.max_attempts, limits.backoff_base_s, limits.backoff_max_s):
+                with try_:
+                    attempts += 1
+                    await self.limiter.acquire(request)
+                    self.counters.sent += 1
+                    try:
+                        reply, latency = await attempt(client, self.provider, request, self.timeouts)
+                    except ProviderError as exc:
+                        self.limiter.reconcile(request, None)
+                        if exc.error_type == "rate_limited":
+                            self.limiter.cool_down(exc.retry_after_s or limits.backoff_base_s)
+                        raise
+        except ProviderError as exc:
+            if exc.error_class is ErrorClass.FATAL:
+                self._stop(exc)
+            return _error_result(request.custom_id, exc, attempts)
+        self.limiter.reconcile(request, reply.usage)
+        return self._ok_result(request, reply, latency, attempts)
+
+    def _ok_result(self, request: Request, reply: Reply, latency: float, attempts: int) -> Result:
+        model = request.body.get("model")
+        if model not in self._prices:
+            p = self.job.pricing
+            self._prices[model] = find_price(
+                model, input=p.input, output=p.output, cached_input=p.cached_input
+            )
+        price = self._prices[model]
+        usage = reply.usage
+        return Result(
+            custom_id=request.custom_id,
+            status="ok",
+            completion=reply.completion,
+            finish_reason=reply.finish_reason,
+            reasoning=reply.reasoning,
+            tool_calls=reply.tool_calls,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            total_tokens=usage.total_tokens,
+            cost_usd=price.cost(usage) if price is not None else None,
+            model=reply.model,
+            response_id=reply.response_id,
+            latency_s=latency,
+            attempts=attempts,
+        )
+
+    def _stop(self, exc: ProviderError) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = _fatal_message(self.job, exc)
+        self._send_scope.cancel()
+
+    async def _writer(self, results: ObjectReceiveStream[Result]) -> None:
+        buffer: list[Result] = []
+        deadline = time.monotonic() + FLUSH_SECONDS
+        async with results:
+            while True:
+                with anyio.move_on_after(deadline - time.monotonic()):
+                    try:
+                        result = await results.receive()
+                    except anyio.EndOfStream:
+                        break
+                    buffer.append(result)
+                    self.counters.add(result)
+                    if len(buffer) < FLUSH_ROWS:
+                        continue
+                # A full batch or the flush interval: results reach the disk at least every few seconds.
+                await self._flush(buffer)
+                buffer = []
+                deadline = time.monotonic() + FLUSH_SECONDS
+            await self._flush(buffer)
+
+    async def _flush(self, buffer: list[Result]) -> None:
+        if buffer:
+            # Shielded: an interrupt must not cut a journal write short.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.store.write_results, buffer)
+
+
+def _error_result(custom_id: str, exc: ProviderError, attempts: int) -> Result:
+    return Result(
+        custom_id=custom_id,
+        status="error",
+        attempts=attempts,
+        error_type=exc.error_type,
+        error=exc.message,
+        http_status=exc.status,
+        retryable=exc.retryable,
+    )
+
+
+def _fatal_message(job: Job, exc: ProviderError) -> str:
+    status = f"HTTP {exc.status}" if exc.status else "error"
+    code = f" ({exc.code})" if exc.code else ""
+    head = f"Stopped: {status}{code} from {job.provider.base_url or 'the emulator'}: {exc.message}"
+    env = job.provider.api_key_env
+    fixes: dict[str, str] = {
+        "auth": f"Check the key in {env} and that it belongs to this endpoint's region and account."
+        if env
+        else "The endpoint wants a key: set [provider] api_key_env to the variable that holds it.",
+        "billing": "The account has no balance or quota left: top it up, then rerun.",
+        "model_not_found": f"Check [provider] model ({job.provider.model!r}) against the provider's models.",
+    }
+    return f"{head}\n{fixes.get(exc.error_type, 'Fix the cause, then rerun.')}"
