@@ -43,7 +43,8 @@ def test_output_rows_match_input_rows(
         "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens", "cost_usd", "model",
         "response_id", "latency_s", "attempts", "error_type", "error", "http_status",
     ]  # fmt: skip
-    assert out.schema["prompt_tokens"] == pl.Int64 and out.schema["cost_usd"] == pl.Float64
+    assert out.schema["prompt_tokens"] == pl.Int64
+    assert out.schema["cost_usd"] == pl.Float64
     assert "40 ok, 0 failed" in result.stdout
 
 
@@ -112,7 +113,8 @@ def test_429_and_500_are_retried_to_success(
     out = read_output(job)
     assert out["status"].to_list() == ["ok"] * 40
     statuses = server.emulator.requests_by_status
-    assert statuses[429] > 0 and statuses[500] > 0
+    assert statuses[429] > 0
+    assert statuses[500] > 0
     assert out["attempts"].sum() == statuses[200] + statuses[429] + statuses[500]
     assert out["attempts"].max() > 1
 
@@ -228,7 +230,8 @@ def test_missing_template_column_exits_2_before_any_request(
     job = write_job(server.base_url)
     result = cli("run", job, "--set", "prompt.template=Rate {review_body}")
     assert result.exit_code == 2
-    assert "{review_body}" in result.stderr and "title" in result.stderr
+    assert "{review_body}" in result.stderr
+    assert "title" in result.stderr
     assert sum(server.emulator.requests_by_status.values()) == 0
 
 
