@@ -32,7 +32,7 @@ from batchrun.records import Reply, Request, Result
 from batchrun.retry import retrying
 from batchrun.store import RunStore
 from batchrun.summary import Summary, summarize
-from batchrun.transport import Timeouts, attempt, make_client
+from batchrun.transport import Sender, Timeouts, make_transport
 
 FLUSH_ROWS = 5_000
 FLUSH_SECONDS = 2.0
@@ -134,14 +134,15 @@ class Runner:
         concurrency = self.job.limits.concurrency
         requests_tx, requests_rx = anyio.create_memory_object_stream[Request](concurrency * 2)
         results_tx, results_rx = anyio.create_memory_object_stream[Result](concurrency * 2)
-        client = make_client(concurrency, self.timeouts, transport)
-        async with client, anyio.create_task_group() as tg:
+        transport = transport or make_transport(concurrency)
+        sender = Sender(transport, self.provider, self.timeouts)
+        async with transport, anyio.create_task_group() as tg:
             tg.start_soon(self._writer, results_rx)
             async with results_tx, anyio.create_task_group() as send_group:
                 self._send_scope = send_group.cancel_scope
                 send_group.start_soon(self._producer, requests_tx, results_tx.clone())
                 for _ in range(concurrency):
-                    send_group.start_soon(self._worker, client, requests_rx.clone(), results_tx.clone())
+                    send_group.start_soon(self._worker, sender, requests_rx.clone(), results_tx.clone())
                 requests_rx.close()
         wall_s = time.monotonic() - started
         if self.stop_reason is not None:
@@ -165,7 +166,7 @@ class Runner:
 
     async def _worker(
         self,
-        client: httpx.AsyncClient,
+        sender: Sender,
         requests: ObjectReceiveStream[Request],
         results: ObjectSendStream[Result],
     ) -> None:
@@ -173,12 +174,12 @@ class Runner:
             async for request in requests:
                 self.in_flight += 1
                 try:
-                    result = await self._process(client, request)
+                    result = await self._process(sender, request)
                 finally:
                     self.in_flight -= 1
                 await results.send(result)
 
-    async def _process(self, client: httpx.AsyncClient, request: Request) -> Result:
+    async def _process(self, sender: Sender, request: Request) -> Result:
         """One row, with retries; a fatal error stops the run and cancels this task."""
         limits = self.job.limits
         attempts = 0
@@ -189,7 +190,7 @@ class Runner:
                     await self.limiter.acquire(request)
                     self.counters.sent += 1
                     try:
-                        reply, latency = await attempt(client, self.provider, request, self.timeouts)
+                        reply, latency = await sender.attempt(request)
                     except ProviderError as exc:
                         self.limiter.reconcile(request, None)
                         if exc.error_type == "rate_limited":
