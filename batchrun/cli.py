@@ -5,6 +5,7 @@ Heavy modules (polars, httpx, aiohttp) are imported inside the commands so `batc
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def run(
     from batchrun.job import load_job
     from batchrun.runner import run_job
 
+    logging.basicConfig(level=logging.INFO, format="batchrun: %(message)s", stream=sys.stderr)
     try:
         job = load_job(job_file, overrides, input_path=input_path, output_path=output_path)
         click.echo(f"batchrun: {job.name}: {job.input.path} -> {job.output_path}", err=True)

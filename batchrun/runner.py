@@ -13,14 +13,18 @@ and the workers, never the writer: what finished is always journaled.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import anyio
 import httpx
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from batchrun.errors import ErrorClass, ProviderError, StopRun, UsageError
 from batchrun.inputs import PromptSet
@@ -34,8 +38,10 @@ from batchrun.store import RunStore
 from batchrun.summary import Summary, summarize
 from batchrun.transport import Sender, Timeouts, make_transport
 
-FLUSH_ROWS = 5_000
-FLUSH_SECONDS = 2.0
+WRITE_BATCH = 1_000  # results journaled in one write at most
+DRAIN_SECONDS = 30.0  # after an interrupt, how long requests in flight may take to finish
+
+log = logging.getLogger("batchrun")
 
 
 @dataclass(slots=True)
@@ -125,12 +131,24 @@ class Runner:
         self.counters = Counters()
         self.in_flight = 0
         self.stop_reason: str | None = None
+        self._draining = False  # set on the first interrupt: finish what is in flight, take nothing new
         self._prices: dict[str | None, Price | None] = {}
 
     async def run(self, *, fresh: bool = False, transport: httpx.AsyncBaseTransport | None = None) -> Summary:
         """Send, journal, assemble the output; return the summary. Raises `StopRun` on an early stop."""
         started = time.monotonic()
         self.store.open(fresh=fresh)
+        try:
+            await self._send_all(transport)
+        finally:
+            self.store.close()
+        wall_s = time.monotonic() - started
+        if self.stop_reason is not None:
+            raise StopRun(f"{self.stop_reason}\nWhat finished is saved in {self.store.dir}; rerun to resume.")
+        output = await anyio.to_thread.run_sync(self.store.assemble)
+        return summarize(output, counters=self.counters, wall_s=wall_s)
+
+    async def _send_all(self, transport: httpx.AsyncBaseTransport | None) -> None:
         concurrency = self.job.limits.concurrency
         requests_tx, requests_rx = anyio.create_memory_object_stream[Request](concurrency * 2)
         results_tx, results_rx = anyio.create_memory_object_stream[Result](concurrency * 2)
@@ -138,17 +156,40 @@ class Runner:
         sender = Sender(transport, self.provider, self.timeouts)
         async with transport, anyio.create_task_group() as tg:
             tg.start_soon(self._writer, results_rx)
+            signal_scope = await tg.start(self._watch_signals)
             async with results_tx, anyio.create_task_group() as send_group:
                 self._send_scope = send_group.cancel_scope
                 send_group.start_soon(self._producer, requests_tx, results_tx.clone())
                 for _ in range(concurrency):
                     send_group.start_soon(self._worker, sender, requests_rx.clone(), results_tx.clone())
                 requests_rx.close()
-        wall_s = time.monotonic() - started
-        if self.stop_reason is not None:
-            raise StopRun(f"{self.stop_reason}\nWhat finished is saved in {self.store.dir}; rerun to resume.")
-        output = await anyio.to_thread.run_sync(self.store.assemble)
-        return summarize(output, counters=self.counters, wall_s=wall_s)
+            signal_scope.cancel()
+
+    async def _watch_signals(self, *, task_status: TaskStatus[anyio.CancelScope]) -> None:
+        """First SIGINT/SIGTERM: stop sending, give requests in flight a grace period. Second: stop now.
+
+        Either way the writer journals every answer that arrived, so nothing paid for is lost.
+        """
+        with anyio.CancelScope() as scope:
+            if threading.current_thread() is not threading.main_thread():
+                task_status.started(scope)  # signals reach only the main thread: nothing to watch
+                await anyio.sleep_forever()
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started(scope)
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if self.stop_reason is None:
+                        self.stop_reason = f"Interrupted ({name})."
+                        self._draining = True
+                        self._send_scope.deadline = anyio.current_time() + DRAIN_SECONDS
+                        log.warning(
+                            "%s: no new requests; waiting up to %.0f s for %d in flight (again to stop now)",
+                            name,
+                            DRAIN_SECONDS,
+                            self.in_flight,
+                        )
+                    else:
+                        self._send_scope.cancel()
 
     async def _producer(self, requests: ObjectSendStream[Request], results: ObjectSendStream[Result]) -> None:
         async with requests, results:
@@ -172,6 +213,8 @@ class Runner:
     ) -> None:
         async with requests, results:
             async for request in requests:
+                if self._draining:
+                    return
                 self.in_flight += 1
                 try:
                     result = await self._process(sender, request)
@@ -236,31 +279,25 @@ class Runner:
             self.stop_reason = _fatal_message(self.job, exc)
         self._send_scope.cancel()
 
-    async def _writer(self, results: ObjectReceiveStream[Result]) -> None:
-        buffer: list[Result] = []
-        deadline = time.monotonic() + FLUSH_SECONDS
+    async def _writer(self, results: MemoryObjectReceiveStream[Result]) -> None:
+        """Journal results the moment they arrive: one write for all that are waiting, no await in between.
+
+        With no await between receiving a result and writing it, no cancellation can lose one.
+        """
         async with results:
             while True:
-                with anyio.move_on_after(deadline - time.monotonic()):
+                try:
+                    batch = [await results.receive()]
+                except anyio.EndOfStream:
+                    return
+                while len(batch) < WRITE_BATCH:
                     try:
-                        result = await results.receive()
-                    except anyio.EndOfStream:
+                        batch.append(results.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                    buffer.append(result)
+                self.store.write_results(batch)
+                for result in batch:
                     self.counters.add(result)
-                    if len(buffer) < FLUSH_ROWS:
-                        continue
-                # A full batch or the flush interval: results reach the disk at least every few seconds.
-                await self._flush(buffer)
-                buffer = []
-                deadline = time.monotonic() + FLUSH_SECONDS
-            await self._flush(buffer)
-
-    async def _flush(self, buffer: list[Result]) -> None:
-        if buffer:
-            # Shielded: an interrupt must not cut a journal write short.
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.store.write_results, buffer)
 
 
 def _error_result(custom_id: str, exc: ProviderError, attempts: int) -> Result:

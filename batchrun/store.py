@@ -2,20 +2,23 @@
 
 Beside the output `out/x.parquet` lives the run folder `out/x.parquet.run/`:
 
-- `input-NNNNNN.parquet`: the input's columns plus `custom_id`, one part per slice, rewritten by every run;
-- `results-RRRR-NNNNNN.parquet`: results as they arrive, one part per flush, kept across runs (`RRRR` is the
-  run number, so a later answer for the same `custom_id` wins).
+- `results.jsonl`: every result as it arrives, one JSON line each, appended and kept across runs (a later
+  line for the same `custom_id` wins). Lines go to the kernel in one `write` per batch the moment they
+  arrive, so even `kill -9` loses no answer that reached batchrun; an fsync every few seconds covers a
+  power cut. A line cut short by one is dropped when the journal is next opened.
+- `input-NNNNNN.parquet`: the input's columns plus `custom_id`, one part per slice, rewritten by every run
+  (the input may have changed between runs).
 
-Every part is written to a temporary name and renamed, so a kill leaves whole parts or none. The output is
-assembled from the parts when the run ends and also appears by an atomic rename: a reader never sees half
-a file.
+The output is assembled from the two when the run ends, written to a temporary file and renamed: a
+reader never sees half a file.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -26,13 +29,14 @@ from batchrun.records import Result
 if TYPE_CHECKING:
     import polars as pl
 
-_RESULT_PART = re.compile(r"results-(\d{4})-\d{6}\.parquet")
 RESULT_FIELDS = tuple(f.name for f in fields(Result))
 INTERNAL_COLUMNS = ("retryable",)  # in the journal, not in the output
+JOURNAL = "results.jsonl"
+FSYNC_SECONDS = 2.0
 
 
 def result_schema() -> dict[str, Any]:
-    """Column types of a results part: Contract 2's types, fixed so parts always concatenate."""
+    """Column types of the journal: Contract 2's types, fixed so that every read agrees."""
     import polars as pl
 
     ints = {"prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens"}
@@ -50,80 +54,80 @@ def result_schema() -> dict[str, Any]:
 
 
 class RunStore:
-    """The journal of one output file: parts in, finished rows out, final Parquet at the end."""
+    """The journal of one output file: results in, finished rows out, final Parquet at the end."""
 
     def __init__(self, output: Path) -> None:
         self.output = output
         self.dir = output.with_name(output.name + ".run")
-        self._run = 0
+        self.journal = self.dir / JOURNAL
+        self._fd: int | None = None
         self._input_parts = 0
-        self._result_parts = 0
+        self._synced_at = 0.0
 
     def open(self, *, fresh: bool = False) -> None:
-        """Create the run folder; `fresh` forgets every earlier answer. Old input parts always go."""
+        """Create the run folder and open the journal; `fresh` forgets every earlier answer."""
         if fresh and self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.dir.glob("input-*"):
+        for stale in [*self.dir.glob("input-*"), *self.dir.glob("*.tmp")]:
             stale.unlink()
-        for stale in self.dir.glob("*.tmp"):
-            stale.unlink()
-        runs = [int(m.group(1)) for p in self.dir.iterdir() if (m := _RESULT_PART.fullmatch(p.name))]
-        self._run = max(runs, default=0) + 1
+        _drop_partial_line(self.journal)
+        self._fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._synced_at = time.monotonic()
 
-    def _result_paths(self) -> list[Path]:
-        return sorted(p for p in self.dir.iterdir() if _RESULT_PART.fullmatch(p.name))
-
-    def _input_paths(self) -> list[Path]:
-        return sorted(self.dir.glob("input-*.parquet"))
+    def close(self) -> None:
+        """Sync and close the journal."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
 
     def finished_ids(self) -> pl.Series:
         """`custom_id`s with a final answer from earlier runs: ok, or an error a retry cannot fix."""
         import polars as pl
 
-        paths = self._result_paths()
-        if not paths:
+        if not self.journal.is_file() or self.journal.stat().st_size == 0:
             return pl.Series("custom_id", [], dtype=pl.String)
-        return (
-            pl.scan_parquet(paths)
-            .filter(~pl.col("retryable"))
-            .select("custom_id")
-            .unique()
-            .collect()
-            .get_column("custom_id")
-        )
+        latest = self._scan_journal().unique("custom_id", keep="last", maintain_order=True)
+        return latest.filter(~pl.col("retryable")).select("custom_id").collect().get_column("custom_id")
 
     def write_input(self, frame: pl.DataFrame) -> None:
-        """Journal one slice of the input (its columns plus `custom_id`)."""
+        """Keep one slice of the input (its columns plus `custom_id`) for the final join."""
         self._input_parts += 1
-        _write_atomic(frame, self.dir / f"input-{self._input_parts:06d}.parquet")
+        path = self.dir / f"input-{self._input_parts:06d}.parquet"
+        tmp = path.with_name(path.name + ".tmp")
+        frame.write_parquet(tmp, compression="zstd", statistics=False)
+        os.replace(tmp, path)
 
     def write_results(self, results: Sequence[Result]) -> None:
-        """Journal a batch of results, durably: after this returns, a kill loses none of them."""
-        import polars as pl
-
+        """Append results to the journal in one write; fsync when the last one is a few seconds old."""
+        assert self._fd is not None, "open() the store first"
         if not results:
             return
-        columns = {name: [getattr(r, name) for r in results] for name in RESULT_FIELDS}
-        frame = pl.DataFrame(columns, schema=result_schema())
-        self._result_parts += 1
-        _write_atomic(frame, self.dir / f"results-{self._run:04d}-{self._result_parts:06d}.parquet")
+        lines = [json.dumps({f: getattr(r, f) for f in RESULT_FIELDS}, ensure_ascii=False) for r in results]
+        data = ("\n".join(lines) + "\n").encode()
+        while data:  # a regular file takes it all at once; the loop only guards against a short write
+            data = data[os.write(self._fd, data) :]
+        if time.monotonic() - self._synced_at >= FSYNC_SECONDS:
+            os.fsync(self._fd)
+            self._synced_at = time.monotonic()
 
-    def assemble(self) -> Path:
-        """Join the input parts with the latest result per `custom_id`, in input order, into the output."""
+    def _scan_journal(self) -> pl.LazyFrame:
         import polars as pl
 
-        inputs = self._input_paths()
-        if not inputs:
-            frame = pl.DataFrame(schema={"custom_id": pl.String}).lazy()
-        else:
-            frame = pl.scan_parquet(inputs)
-        result_paths = self._result_paths()
-        if result_paths:
-            results = pl.scan_parquet(result_paths).unique("custom_id", keep="last", maintain_order=True)
-        else:
-            results = pl.DataFrame(schema=result_schema()).lazy()
+        return pl.scan_ndjson(self.journal, schema=result_schema())
+
+    def assemble(self) -> Path:
+        """Join the input with the latest result per `custom_id`, in input order, into the output file."""
+        import polars as pl
+
+        inputs = sorted(self.dir.glob("input-*.parquet"))
+        frame = pl.scan_parquet(inputs) if inputs else pl.LazyFrame(schema={"custom_id": pl.String})
         columns = [c for c in RESULT_FIELDS if c not in INTERNAL_COLUMNS]
+        if self.journal.is_file() and self.journal.stat().st_size:
+            results = self._scan_journal().unique("custom_id", keep="last", maintain_order=True)
+        else:
+            results = pl.LazyFrame(schema=result_schema())
         out = frame.join(results.select(columns), on="custom_id", how="left", maintain_order="left")
         # The input's columns first (custom_id last among them, or where a batch file has it), then
         # Contract 2's in their fixed order.
@@ -133,25 +137,38 @@ class RunStore:
         tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
         try:
             out.sink_parquet(tmp)
-            _fsync(tmp)
+            # A rename only publishes what reached the disk: sync the data first.
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, self.output)
         finally:
             tmp.unlink(missing_ok=True)
         return self.output
 
 
-def _write_atomic(frame: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.write_parquet(tmp, compression="zstd", statistics=False)
-    _fsync(tmp)
-    os.replace(tmp, path)
-
-
-def _fsync(path: Path) -> None:
-    # A rename only publishes what reached the disk: flush the data first, or a power cut can leave a
-    # renamed but empty file.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _drop_partial_line(path: Path) -> None:
+    """Cut a journal back to its last complete line (a power cut can leave half a line)."""
+    if not path.is_file():
+        return
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with path.open("rb+") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # Read backwards in blocks to the last newline; results are small, so one block nearly always does.
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            block = f.read(end - start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                f.truncate(start + cut + 1)
+                return
+            end = start
+        f.truncate(0)
