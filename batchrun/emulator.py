@@ -76,6 +76,7 @@ class EmulatorConfig:
     retry_after_s: float = 0.05  # advertised on 429s as `retry-after-ms` and `retry-after`
     api_key: str | None = None  # when set, requests must carry `Authorization: Bearer <api_key>`
     seed: int = 0  # seeds the fault choice
+    hold_after: int | None = None  # answer this many requests, then hold every later one until stop()
 
     def __post_init__(self) -> None:
         for name in ("latency_s", "retry_after_s"):
@@ -95,6 +96,10 @@ class EmulatorConfig:
             raise ValueError("EmulatorConfig.api_key must be None or a non-empty string")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"EmulatorConfig.seed must be an int, got {self.seed!r}")
+        if self.hold_after is not None and (not isinstance(self.hold_after, int) or self.hold_after < 0):
+            raise ValueError(
+                f"EmulatorConfig.hold_after must be None or an int >= 0, got {self.hold_after!r}"
+            )
 
 
 _DEFAULT_CONFIG = EmulatorConfig()  # one shared default is safe: the config is frozen
@@ -191,6 +196,7 @@ class Emulator:
         self.answered: collections.Counter[str] = collections.Counter()
         self.requests_by_status: collections.Counter[int] = collections.Counter()
         self._attempts: collections.Counter[str] = collections.Counter()
+        self._admitted = 0  # requests let through, for `hold_after`
         self._expected_auth = None if config.api_key is None else f"Bearer {config.api_key}"
         ms = round(config.retry_after_s * 1000, 3)  # rounded so 0.07 s reads "70.0", not "70.00000000000001"
         self._retry_headers = {"retry-after-ms": repr(ms), "retry-after": str(max(1, math.ceil(ms / 1000)))}
@@ -202,6 +208,12 @@ class Emulator:
 
     async def _chat_completions(self, request: web.Request) -> web.Response:
         raw = await request.read()
+        if self.config.hold_after is not None:
+            if self._admitted >= self.config.hold_after:
+                # A server that stops answering mid-run: tests kill or interrupt a client against it
+                # knowing exactly which requests were answered.
+                await asyncio.get_running_loop().create_future()
+            self._admitted += 1
         if self.config.latency_s > 0:
             await asyncio.sleep(self.config.latency_s)
         response = self._answer(raw, request.headers.get("Authorization"))

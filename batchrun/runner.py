@@ -198,12 +198,17 @@ class Runner:
                 self.store.write_input(piece.frame)
                 finished = piece.frame.get_column("custom_id").is_in(done.implode()).to_list()
                 for item, skip in zip(piece.items, finished, strict=True):
+                    if self._draining:
+                        return
                     if skip:
                         self.counters.reused += 1
                     elif isinstance(item, Result):
                         await results.send(item)
                     else:
-                        await requests.send(item)
+                        try:
+                            await requests.send(item)
+                        except anyio.BrokenResourceError:
+                            return  # every worker has stopped (an interrupt): nothing left to feed
 
     async def _worker(
         self,

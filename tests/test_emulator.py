@@ -294,3 +294,15 @@ def test_invalid_config_raises_value_error_naming_the_field(kwargs: dict[str, An
     """An out-of-range config value raises ValueError naming the field."""
     with pytest.raises(ValueError, match=field):
         EmulatorConfig(**kwargs)
+
+
+def test_hold_after_answers_n_requests_then_holds_the_rest() -> None:
+    """With hold_after=2, two requests are answered and a third gets no reply until the server stops."""
+    with EmulatorServer(EmulatorConfig(hold_after=2)) as server, httpx.Client(timeout=5) as client:
+        url = f"{server.base_url}/chat/completions"
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        assert client.post(url, json=body).status_code == 200
+        assert client.post(url, json=body).status_code == 200
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(url, json=body, timeout=0.3)
+        assert sum(server.emulator.answered.values()) == 2
