@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import InputError
 from batchrun.job import Job
-from batchrun.records import Request, Result
+from batchrun.records import OUTPUT_COLUMNS, Request, Result
 
 if TYPE_CHECKING:
     import polars as pl
@@ -25,12 +25,6 @@ SUFFIXES = {".jsonl": "ndjson", ".ndjson": "ndjson", ".parquet": "parquet", ".cs
 BATCH_KEYS = ("custom_id", "method", "url", "body")
 BATCH_URLS = ("/v1/chat/completions", "/chat/completions")
 SLICE_ROWS = 10_000
-# Columns Contract 2 appends; an input column with one of these names is renamed `input_<name>`.
-RESULT_COLUMNS = (
-    "custom_id", "status", "completion", "finish_reason", "reasoning", "tool_calls", "prompt_tokens",
-    "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens", "cost_usd", "model",
-    "response_id", "latency_s", "attempts", "error_type", "error", "http_status",
-)  # fmt: skip
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}\"'\n:]+)\}")
 
 
@@ -211,7 +205,7 @@ class PromptSet:
                 custom_id = _digest(row_key.encode() + b"\0" + payload)
                 items.append(Request(custom_id, body, payload, estimate_tokens(messages), self._est_output))
             custom_ids.append(custom_id)
-        renames = {c: f"input_{c}" for c in frame.columns if c in RESULT_COLUMNS}
+        renames = {c: f"input_{c}" for c in frame.columns if c in OUTPUT_COLUMNS}
         out = frame.rename(renames).with_columns(pl.Series("custom_id", custom_ids, dtype=pl.String))
         return Slice(out, items)
 

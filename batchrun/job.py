@@ -7,6 +7,7 @@ the working directory. Everything is validated once, here, before a single reque
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from batchrun.errors import JobFileError
 from batchrun.providers.presets import PRESETS
 
 # Keys whose values are file paths: resolved against the job file's folder or the working directory.
-PATH_KEYS = (("input", "path"), ("output", "path"))
+PATH_KEYS = (("input", "path"), ("output", "path"), ("cache", "path"))
 
 
 class _Section(BaseModel):
@@ -75,6 +76,7 @@ class LimitsSection(_Section):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     backoff_base_s: float = Field(default=0.5, ge=0)
     backoff_max_s: float = Field(default=60.0, ge=0)
+    max_cost_usd: float | None = Field(default=None, gt=0)
 
 
 class PricingSection(_Section):
@@ -83,6 +85,19 @@ class PricingSection(_Section):
     input: float | None = Field(default=None, ge=0)
     output: float | None = Field(default=None, ge=0)
     cached_input: float | None = Field(default=None, ge=0)
+
+
+def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/batchrun`, else `~/.cache/batchrun`."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "batchrun"
+
+
+class CacheSection(_Section):
+    """`[cache]`: opt-in response cache shared across jobs (answers only, never errors)."""
+
+    enabled: bool = False
+    path: Path = Field(default_factory=default_cache_dir)
 
 
 class OutputSection(_Section):
@@ -101,6 +116,7 @@ class Job(_Section):
     params: dict[str, Any] = Field(default_factory=dict)
     limits: LimitsSection = LimitsSection()
     pricing: PricingSection = PricingSection()
+    cache: CacheSection = CacheSection()
     output: OutputSection = OutputSection()
     source: Path | None = Field(default=None, exclude=True)
 

@@ -124,3 +124,24 @@ def _cached(builtin: float, input: float | None, cached_input: float | None) -> 
     if cached_input is not None:
         return cached_input
     return builtin if input is None else input
+
+
+class PriceBook:
+    """Prices by model for one job (its `[pricing]` over the built-in table), looked up once per model."""
+
+    def __init__(
+        self, *, input: float | None = None, output: float | None = None, cached_input: float | None = None
+    ) -> None:
+        self._overrides = {"input": input, "output": output, "cached_input": cached_input}
+        self._prices: dict[str | None, Price | None] = {}
+
+    def price(self, model: str | None) -> Price | None:
+        """The price for `model`, or None when nothing is known."""
+        if model not in self._prices:
+            self._prices[model] = find_price(model, **self._overrides)
+        return self._prices[model]
+
+    def cost(self, model: str | None, usage: Usage) -> float | None:
+        """USD for one request's usage; None when the price or the counts are unknown."""
+        price = self.price(model)
+        return price.cost(usage) if price is not None else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 
@@ -68,9 +68,15 @@ class Result:
     error_type: str | None = None
     error: str | None = None
     http_status: int | None = None
+    cached: bool = False  # answered from the response cache: cost_usd is 0 on this run
     retryable: bool = False  # an error a rerun sends again (rate limits, 5xx); not an output column
 
     @property
     def ok(self) -> bool:
         """True when the row has its answer."""
         return self.status == "ok"
+
+
+INTERNAL_FIELDS = ("retryable",)  # journaled, not written to the output
+OUTPUT_COLUMNS = tuple(f.name for f in fields(Result) if f.name not in INTERNAL_FIELDS)
+"""Contract 2: the columns batchrun appends to the input's, in this order."""

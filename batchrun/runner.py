@@ -1,24 +1,21 @@
 """The run: one anyio task group with a producer, N workers and one writer.
 
 ```
-producer --requests--> workers (N = concurrency) --results--> writer --> journal parts
-   \\-------------- rows that cannot be sent ----------------/
+producer --requests--> workers (N = concurrency) --results--> writer --> journal
+   \\--- rows already answered (cache) or that cannot be sent ---/
 ```
 
 Memory stays flat: the input is read a slice at a time, the request stream is bounded (back-pressure on
-the producer), and results leave in batches. A fatal error (bad key, unpaid account) cancels the producer
-and the workers, never the writer: what finished is always journaled.
+the producer), and results leave as they arrive. A fatal error (bad key, unpaid account) cancels the
+producer and the workers, never the writer: what finished is always journaled.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import anyio
@@ -26,13 +23,15 @@ import httpx
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from batchrun.cache import ResponseCache
+from batchrun.endpoint import api_key, cache_scope, open_endpoint
 from batchrun.errors import ErrorClass, ProviderError, StopRun, UsageError
 from batchrun.inputs import PromptSet
 from batchrun.job import Job
-from batchrun.limits import Limiter
-from batchrun.pricing import Price, find_price
+from batchrun.limits import Budget, Limiter
+from batchrun.pricing import PriceBook
 from batchrun.providers import Provider, make_provider
-from batchrun.records import Reply, Request, Result
+from batchrun.records import Reply, Request, Result, Usage
 from batchrun.retry import retrying
 from batchrun.store import RunStore
 from batchrun.summary import Summary, summarize
@@ -52,12 +51,14 @@ class Counters:
     ok: int = 0
     failed: int = 0
     reused: int = 0
+    cached: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
     def add(self, result: Result) -> None:
         """Count one finished row."""
         if result.ok:
             self.ok += 1
+            self.cached += result.cached
         else:
             self.failed += 1
             key = result.error_type or "error"
@@ -84,67 +85,71 @@ async def _run_async(
     job: Job, limit: int | None, fresh: bool, transport: httpx.AsyncBaseTransport | None
 ) -> Summary:
     prompts = PromptSet(job, limit=limit)
-    api_key = _api_key(job)
-    store = RunStore(job.output_path)
-    with _endpoint(job) as base_url:
-        provider = make_provider(job.provider.kind, base_url, api_key, job.provider.headers)
-        runner = Runner(job, prompts, provider, store)
-        return await runner.run(fresh=fresh, transport=transport)
-
-
-def _api_key(job: Job) -> str | None:
-    env = job.provider.api_key_env
-    if env is None:
-        return None
-    key = os.environ.get(env)
-    if not key and job.provider.api_key_required:
+    key = api_key(job)
+    prices = PriceBook(
+        input=job.pricing.input, output=job.pricing.output, cached_input=job.pricing.cached_input
+    )
+    if job.limits.max_cost_usd is not None and prices.price(job.provider.model) is None:
         raise UsageError(
-            f"{job.source}: the environment variable {env} is not set; export {env}=<your key> "
-            f"(it names [provider] api_key_env; the key itself never goes into a job file)"
+            f"{job.source}: [limits] max_cost_usd needs a price, and none is known for model "
+            f"{job.provider.model!r}: set [pricing] input and output"
         )
-    return key or None
-
-
-@contextlib.contextmanager
-def _endpoint(job: Job) -> Iterator[str]:
-    """The base URL, starting the built-in emulator on a free loopback port for the `emulator` preset."""
-    if job.provider.base_url is not None:
-        yield job.provider.base_url
-        return
-    from batchrun.emulator import EmulatorConfig, EmulatorServer
-
-    with EmulatorServer(EmulatorConfig(latency_s=0.02)) as server:
-        yield server.base_url
+    cache = None
+    if job.cache.enabled:
+        cache = ResponseCache(job.cache.path, kind=job.provider.kind, base_url=cache_scope(job))
+    try:
+        with open_endpoint(job) as base_url:
+            provider = make_provider(job.provider.kind, base_url, key, job.provider.headers)
+            runner = Runner(job, prompts, provider, RunStore(job.output_path), prices, cache)
+            return await runner.run(fresh=fresh, transport=transport)
+    finally:
+        if cache is not None:
+            cache.close()
 
 
 class Runner:
     """Sends every pending row of a prompt set through one provider and journals the results."""
 
-    def __init__(self, job: Job, prompts: PromptSet, provider: Provider, store: RunStore) -> None:
+    def __init__(
+        self,
+        job: Job,
+        prompts: PromptSet,
+        provider: Provider,
+        store: RunStore,
+        prices: PriceBook,
+        cache: ResponseCache | None = None,
+    ) -> None:
         self.job = job
         self.prompts = prompts
         self.provider = provider
         self.store = store
+        self.prices = prices
+        self.cache = cache
         limits = job.limits
         self.limiter = Limiter(limits.requests_per_minute, limits.tokens_per_minute)
+        self.budget: Budget | None = None
         self.timeouts = Timeouts(connect_s=limits.connect_timeout_s, total_s=limits.timeout_s)
         self.counters = Counters()
         self.in_flight = 0
         self.stop_reason: str | None = None
-        self._draining = False  # set on the first interrupt: finish what is in flight, take nothing new
-        self._prices: dict[str | None, Price | None] = {}
+        self._draining = False  # no new requests: an interrupt or the budget; those in flight finish
+        self._to_cache: list[tuple[str, Result]] = []  # answers the writer stores in the cache
 
     async def run(self, *, fresh: bool = False, transport: httpx.AsyncBaseTransport | None = None) -> Summary:
         """Send, journal, assemble the output; return the summary. Raises `StopRun` on an early stop."""
         started = time.monotonic()
         self.store.open(fresh=fresh)
         try:
+            cap = self.job.limits.max_cost_usd
+            if cap is not None:
+                # Earlier runs of this job count against the cap: a crash and a resume must not double it.
+                self.budget = Budget(cap, spent_usd=self.store.spent_usd())
             await self._send_all(transport)
         finally:
             self.store.close()
         wall_s = time.monotonic() - started
         if self.stop_reason is not None:
-            raise StopRun(f"{self.stop_reason}\nWhat finished is saved in {self.store.dir}; rerun to resume.")
+            raise StopRun(self.stop_reason)
         output = await anyio.to_thread.run_sync(self.store.assemble)
         return summarize(output, counters=self.counters, wall_s=wall_s)
 
@@ -178,9 +183,8 @@ class Runner:
                 task_status.started(scope)
                 async for signum in signals:
                     name = signal.Signals(signum).name
-                    if self.stop_reason is None:
-                        self.stop_reason = f"Interrupted ({name})."
-                        self._draining = True
+                    if not self._draining:
+                        self._drain(f"Interrupted ({name}).")
                         self._send_scope.deadline = anyio.current_time() + DRAIN_SECONDS
                         log.warning(
                             "%s: no new requests; waiting up to %.0f s for %d in flight (again to stop now)",
@@ -191,24 +195,35 @@ class Runner:
                     else:
                         self._send_scope.cancel()
 
+    def _drain(self, reason: str) -> None:
+        """Send nothing new; let the requests in flight finish; the run then stops with `reason`."""
+        if self.stop_reason is None:
+            self.stop_reason = f"{reason}\nWhat finished is saved in {self.store.dir}; rerun to resume."
+        self._draining = True
+
     async def _producer(self, requests: ObjectSendStream[Request], results: ObjectSendStream[Result]) -> None:
         async with requests, results:
-            done = self.store.finished_ids()
+            done = self.store.finished_ids().implode()
             for piece in self.prompts.slices():
                 self.store.write_input(piece.frame)
-                finished = piece.frame.get_column("custom_id").is_in(done.implode()).to_list()
+                finished = piece.frame.get_column("custom_id").is_in(done).to_list()
+                pending: list[Request] = []
                 for item, skip in zip(piece.items, finished, strict=True):
-                    if self._draining:
-                        return
                     if skip:
                         self.counters.reused += 1
                     elif isinstance(item, Result):
                         await results.send(item)
                     else:
-                        try:
-                            await requests.send(item)
-                        except anyio.BrokenResourceError:
-                            return  # every worker has stopped (an interrupt): nothing left to feed
+                        pending.append(item)
+                hits = self.cache.get_many(pending) if self.cache is not None else {}
+                for request in pending:
+                    if self._draining:
+                        return
+                    hit = hits.get(request.custom_id)
+                    try:
+                        await (results.send(hit) if hit is not None else requests.send(request))
+                    except anyio.BrokenResourceError:
+                        return  # every worker has stopped (an interrupt): nothing left to feed
 
     async def _worker(
         self,
@@ -220,12 +235,38 @@ class Runner:
             async for request in requests:
                 if self._draining:
                     return
+                reserved = self._reserve(request)
+                if reserved is None:
+                    return
                 self.in_flight += 1
                 try:
                     result = await self._process(sender, request)
                 finally:
                     self.in_flight -= 1
+                    if self.budget is not None:
+                        self.budget.release(reserved)
+                if self.budget is not None:
+                    self.budget.spend(result.cost_usd)
                 await results.send(result)
+
+    def _reserve(self, request: Request) -> float | None:
+        """Reserve the request's worst-case cost under `max_cost_usd`; None (and drain) when it won't fit."""
+        if self.budget is None:
+            return 0.0
+        body = request.body
+        max_output = (
+            body.get("max_tokens") or body.get("max_completion_tokens") or 2 * request.est_output_tokens
+        )
+        worst = Usage(prompt_tokens=request.est_prompt_tokens, completion_tokens=int(max_output))
+        amount = self.prices.cost(request.body.get("model"), worst) or 0.0
+        if self.budget.try_reserve(amount):
+            return amount
+        budget = self.budget
+        self._drain(
+            f"Budget reached: ${budget.spent_usd:.4f} spent and ${budget.reserved_usd:.4f} in flight of "
+            f"[limits] max_cost_usd = ${budget.cap_usd:g}. Raise it and rerun to go on."
+        )
+        return None
 
     async def _process(self, sender: Sender, request: Request) -> Result:
         """One row, with retries; a fatal error stops the run and cancels this task."""
@@ -249,16 +290,12 @@ class Runner:
                 self._stop(exc)
             return _error_result(request.custom_id, exc, attempts)
         self.limiter.reconcile(request, reply.usage)
-        return self._ok_result(request, reply, latency, attempts)
+        result = self._ok_result(request, reply, latency, attempts)
+        if self.cache is not None:
+            self._to_cache.append((self.cache.key(request), result))
+        return result
 
     def _ok_result(self, request: Request, reply: Reply, latency: float, attempts: int) -> Result:
-        model = request.body.get("model")
-        if model not in self._prices:
-            p = self.job.pricing
-            self._prices[model] = find_price(
-                model, input=p.input, output=p.output, cached_input=p.cached_input
-            )
-        price = self._prices[model]
         usage = reply.usage
         return Result(
             custom_id=request.custom_id,
@@ -272,7 +309,7 @@ class Runner:
             cached_tokens=usage.cached_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             total_tokens=usage.total_tokens,
-            cost_usd=price.cost(usage) if price is not None else None,
+            cost_usd=self.prices.cost(request.body.get("model"), usage),
             model=reply.model,
             response_id=reply.response_id,
             latency_s=latency,
@@ -282,6 +319,7 @@ class Runner:
     def _stop(self, exc: ProviderError) -> None:
         if self.stop_reason is None:
             self.stop_reason = _fatal_message(self.job, exc)
+            self.stop_reason += f"\nWhat finished is saved in {self.store.dir}; rerun to resume."
         self._send_scope.cancel()
 
     async def _writer(self, results: MemoryObjectReceiveStream[Result]) -> None:
@@ -303,6 +341,9 @@ class Runner:
                 self.store.write_results(batch)
                 for result in batch:
                     self.counters.add(result)
+                if self.cache is not None and self._to_cache:
+                    self.cache.put_many(self._to_cache)
+                    self._to_cache.clear()
 
 
 def _error_result(custom_id: str, exc: ProviderError, attempts: int) -> Result:

@@ -24,13 +24,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchrun.records import Result
+from batchrun.records import OUTPUT_COLUMNS, Result
 
 if TYPE_CHECKING:
     import polars as pl
 
 RESULT_FIELDS = tuple(f.name for f in fields(Result))
-INTERNAL_COLUMNS = ("retryable",)  # in the journal, not in the output
 JOURNAL = "results.jsonl"
 FSYNC_SECONDS = 2.0
 
@@ -46,7 +45,7 @@ def result_schema() -> dict[str, Any]:
             schema[name] = pl.Int64
         elif name in ("cost_usd", "latency_s"):
             schema[name] = pl.Float64
-        elif name == "retryable":
+        elif name in ("retryable", "cached"):
             schema[name] = pl.Boolean
         else:
             schema[name] = pl.String
@@ -86,10 +85,14 @@ class RunStore:
         """`custom_id`s with a final answer from earlier runs: ok, or an error a retry cannot fix."""
         import polars as pl
 
-        if not self.journal.is_file() or self.journal.stat().st_size == 0:
-            return pl.Series("custom_id", [], dtype=pl.String)
-        latest = self._scan_journal().unique("custom_id", keep="last", maintain_order=True)
+        latest = self._latest()
         return latest.filter(~pl.col("retryable")).select("custom_id").collect().get_column("custom_id")
+
+    def spent_usd(self) -> float:
+        """What earlier runs of this job spent: the cost of the latest answer per row in the journal."""
+        import polars as pl
+
+        return float(self._latest().select(pl.col("cost_usd").sum()).collect().item() or 0.0)
 
     def write_input(self, frame: pl.DataFrame) -> None:
         """Keep one slice of the input (its columns plus `custom_id`) for the final join."""
@@ -112,10 +115,14 @@ class RunStore:
             os.fsync(self._fd)
             self._synced_at = time.monotonic()
 
-    def _scan_journal(self) -> pl.LazyFrame:
+    def _latest(self) -> pl.LazyFrame:
+        """The journal's latest result per custom_id (a later run's answer replaces an earlier error)."""
         import polars as pl
 
-        return pl.scan_ndjson(self.journal, schema=result_schema())
+        if not self.journal.is_file() or self.journal.stat().st_size == 0:
+            return pl.LazyFrame(schema=result_schema())
+        journal = pl.scan_ndjson(self.journal, schema=result_schema())
+        return journal.unique("custom_id", keep="last", maintain_order=True)
 
     def assemble(self) -> Path:
         """Join the input with the latest result per `custom_id`, in input order, into the output file."""
@@ -123,12 +130,8 @@ class RunStore:
 
         inputs = sorted(self.dir.glob("input-*.parquet"))
         frame = pl.scan_parquet(inputs) if inputs else pl.LazyFrame(schema={"custom_id": pl.String})
-        columns = [c for c in RESULT_FIELDS if c not in INTERNAL_COLUMNS]
-        if self.journal.is_file() and self.journal.stat().st_size:
-            results = self._scan_journal().unique("custom_id", keep="last", maintain_order=True)
-        else:
-            results = pl.LazyFrame(schema=result_schema())
-        out = frame.join(results.select(columns), on="custom_id", how="left", maintain_order="left")
+        columns = list(OUTPUT_COLUMNS)
+        out = frame.join(self._latest().select(columns), on="custom_id", how="left", maintain_order="left")
         # The input's columns first (custom_id last among them, or where a batch file has it), then
         # Contract 2's in their fixed order.
         input_columns = frame.collect_schema().names()

@@ -26,6 +26,7 @@ class Summary:
     wall_s: float = 0.0
     sent: int = 0  # HTTP requests this run, retries included
     reused: int = 0  # rows answered by an earlier run of the same job
+    cached: int = 0  # rows answered from the response cache
 
     @property
     def exit_code(self) -> int:
@@ -53,6 +54,7 @@ class Summary:
             "rows_per_s": round(self.rows_per_s, 1),
             "requests_sent": self.sent,
             "rows_reused": self.reused,
+            "rows_cached": self.cached,
         }
 
     def lines(self) -> list[str]:
@@ -67,6 +69,7 @@ class Summary:
             if self.rows_without_cost:
                 cost += f" (+ {self.rows_without_cost:,} ok rows with no known price)"
         reused = f", {self.reused:,} answered by an earlier run" if self.reused else ""
+        reused += f", {self.cached:,} from the cache" if self.cached else ""
         return [
             f"output:  {self.output}",
             f"rows:    {self.rows:,} ({self.ok:,} ok, {failed}){reused}",
@@ -89,6 +92,7 @@ def summarize(output: Path, *, counters: Counters, wall_s: float) -> Summary:
             completion_tokens=pl.col("completion_tokens").sum(),
             cost_usd=pl.col("cost_usd").sum(),
             priced=pl.col("cost_usd").is_not_null().sum(),
+            cached=pl.col("cached").sum(),
         )
         .collect()
         .row(0, named=True)
@@ -112,6 +116,7 @@ def summarize(output: Path, *, counters: Counters, wall_s: float) -> Summary:
         cost_usd=float(totals["cost_usd"]) if totals["priced"] else None,
         rows_without_cost=ok - int(totals["priced"]),
         wall_s=wall_s,
+        cached=int(totals["cached"] or 0),
         sent=counters.sent,
         reused=counters.reused,
     )

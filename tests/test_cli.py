@@ -41,7 +41,7 @@ def test_output_rows_match_input_rows(
     assert out.columns[source.width :] == [
         "custom_id", "status", "completion", "finish_reason", "reasoning", "tool_calls", "prompt_tokens",
         "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens", "cost_usd", "model",
-        "response_id", "latency_s", "attempts", "error_type", "error", "http_status",
+        "response_id", "latency_s", "attempts", "error_type", "error", "http_status", "cached",
     ]  # fmt: skip
     assert out.schema["prompt_tokens"] == pl.Int64
     assert out.schema["cost_usd"] == pl.Float64

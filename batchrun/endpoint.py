@@ -1,0 +1,43 @@
+"""Where a job's requests go: its base URL (starting the built-in emulator if asked) and its API key."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from batchrun.errors import UsageError
+from batchrun.job import Job
+
+EMULATOR_LATENCY_S = 0.02  # the demo's emulator answers like a fast model, not instantly
+
+
+def api_key(job: Job) -> str | None:
+    """The key from the environment variable the job names; UsageError (exit 2) if a required one is unset."""
+    env = job.provider.api_key_env
+    if env is None:
+        return None
+    key = os.environ.get(env)
+    if not key and job.provider.api_key_required:
+        raise UsageError(
+            f"{job.source}: the environment variable {env} is not set; export {env}=<your key> "
+            f"(it names [provider] api_key_env; the key itself never goes into a job file)"
+        )
+    return key or None
+
+
+@contextlib.contextmanager
+def open_endpoint(job: Job) -> Iterator[str]:
+    """The base URL; for the `emulator` preset, the emulator is started on a free loopback port meanwhile."""
+    if job.provider.base_url is not None:
+        yield job.provider.base_url
+        return
+    from batchrun.emulator import EmulatorConfig, EmulatorServer
+
+    with EmulatorServer(EmulatorConfig(latency_s=EMULATOR_LATENCY_S)) as server:
+        yield server.base_url
+
+
+def cache_scope(job: Job) -> str:
+    """What a cached answer is tied to: the endpoint (the emulator's port changes, its answers do not)."""
+    return job.provider.base_url or f"preset:{job.provider.preset}"
