@@ -79,7 +79,7 @@ def test_errors_are_never_cached(
 def test_budget_stops_sending_saves_and_resumes(
     emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli, tmp_path: Path
 ) -> None:
-    """With max_cost_usd, the run stops before passing the cap, exits 3, and a larger cap finishes the rest."""
+    """With max_cost_usd the run stops before passing the cap, exits 3; a larger cap finishes the rest."""
     server = emulator()
     # At $1,000 per 1M tokens a request costs about $0.1, so a $1 cap allows about ten of the forty rows.
     job = write_job(server.base_url, "\n[pricing]\ninput = 1000\noutput = 1000\n")
