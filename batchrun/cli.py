@@ -5,6 +5,7 @@ Heavy modules (polars, httpx, aiohttp) are imported inside the commands so `batc
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ def main() -> None:
 @click.option(
     "--fresh", is_flag=True, help="Forget answers journaled by earlier runs and send every row again."
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for scripts).")
 def run(
     job_file: Path,
     input_path: Path | None,
@@ -47,6 +49,7 @@ def run(
     limit: int | None,
     overrides: tuple[str, ...],
     fresh: bool,
+    as_json: bool,
 ) -> None:
     """Run JOB_FILE: send every row, write the output Parquet, print a summary.
 
@@ -70,9 +73,58 @@ def run(
             "batchrun: interrupted; what finished is saved, rerun the same command to resume.", err=True
         )
         sys.exit(EXIT_STOPPED)
-    for line in summary.lines():
-        click.echo(line)
+    click.echo(json.dumps(summary.as_dict(), indent=2) if as_json else "\n".join(summary.lines()))
     sys.exit(summary.exit_code)
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(path_type=Path))
+@click.option(
+    "--input", "input_path", type=click.Path(path_type=Path), help="Prompt set (overrides [input] path)."
+)
+@click.option(
+    "--output", "output_path", type=click.Path(path_type=Path), help="Output Parquet ([output] path)."
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N rows.")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a job-file key."
+)
+@click.option(
+    "--latency",
+    "latency_s",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Assumed seconds per request, for the duration.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+def estimate(
+    job_file: Path,
+    input_path: Path | None,
+    output_path: Path | None,
+    limit: int | None,
+    overrides: tuple[str, ...],
+    latency_s: float,
+    as_json: bool,
+) -> None:
+    """Estimate JOB_FILE's rows, tokens, cost and duration without sending anything.
+
+    Rows answered by an earlier run of the same job (its journal) are left out, as `run` would.
+    """
+    from batchrun.errors import BatchrunError
+    from batchrun.estimate import estimate_job
+    from batchrun.job import load_job
+
+    try:
+        job = load_job(job_file, overrides, input_path=input_path, output_path=output_path)
+        result = estimate_job(job, limit=limit, latency_s=latency_s)
+    except BatchrunError as exc:
+        click.echo(f"batchrun: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        click.echo("\n".join(result.lines()))
 
 
 @main.command()

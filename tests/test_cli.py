@@ -348,3 +348,39 @@ def test_providers_lists_every_seed_preset(cli: Cli) -> None:
         assert name in result.stdout
     assert "https://api.maxtoken.io/v1" in result.stdout
     assert "DASHSCOPE_API_KEY" in result.stdout
+
+
+def test_estimate_sends_nothing_and_bounds_the_real_run(
+    emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+) -> None:
+    """`estimate` sends no request; its input tokens and cost bound the real run's; afterwards 0 to send."""
+    server = emulator()
+    job = write_job(server.base_url)
+    before = cli("estimate", job, "--json")
+    assert before.exit_code == 0, before.stderr
+    guess = json.loads(before.stdout)
+    assert sum(server.emulator.requests_by_status.values()) == 0
+    assert (guess["rows"], guess["to_send"], guess["output_tokens"]) == (40, 40, 40 * 16)
+    assert guess["output_tokens_is_upper_bound"] is True
+    assert "qwen3-max" in guess["price_source"]
+
+    assert cli("run", job).exit_code == 0
+    out = read_output(job)
+    real_prompt = out["prompt_tokens"].sum()
+    assert real_prompt <= guess["input_tokens"] <= 1.5 * real_prompt
+    assert out["cost_usd"].sum() <= guess["cost_usd"]
+    after = json.loads(cli("estimate", job, "--json").stdout)
+    assert (after["to_send"], after["answered_by_earlier_run"], after["cost_usd"]) == (0, 40, 0.0)
+
+
+def test_run_json_summary_for_scripts(
+    emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+) -> None:
+    """`run --json` prints a machine-readable summary with the counts a scheduler alerts on."""
+    server = emulator()
+    result = cli("run", write_job(server.base_url), "--json")
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    assert (summary["rows"], summary["ok"], summary["failed"]) == (40, 40, 0)
+    assert summary["cost_usd"] > 0
+    assert summary["requests_sent"] == 40
