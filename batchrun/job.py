@@ -77,6 +77,8 @@ class LimitsSection(_Section):
     backoff_base_s: float = Field(default=0.5, ge=0)
     backoff_max_s: float = Field(default=60.0, ge=0)
     max_cost_usd: float | None = Field(default=None, gt=0)
+    adaptive: bool = True  # learn concurrency and rate from 429s when no rate limit is configured
+    max_outage_s: float = Field(default=1800.0, gt=0)  # give up (exit 3) when the provider is down this long
 
 
 class PricingSection(_Section):

@@ -1,9 +1,9 @@
-"""One limiter shared by the whole run: requests and tokens per minute, and a run-wide cooldown.
+"""Limit primitives: a token bucket for rates, and a budget for money.
 
 Providers enforce their per-minute limits per second too (DashScope: RPM/60), so a bucket that starts with a
-minute's worth bursts straight into 429s. Each bucket therefore holds about one second's worth; over any
-longer window the rate is exact. A request may take more tokens than the bucket holds: it waits until the
-bucket is full, then leaves it in debt, which later requests pay off.
+minute's worth bursts straight into 429s. `per_minute_bucket` therefore holds about one second's worth; over
+any longer window the rate is exact. A request may take more tokens than the bucket holds: it waits until
+the bucket is full, then leaves it in debt, which later requests pay off.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import math
 import time
 
 import anyio
-
-from batchrun.records import Request, Usage
 
 
 class TokenBucket:
@@ -47,49 +45,8 @@ class TokenBucket:
         self._level = min(self.capacity, self._level + amount)
 
 
-class Limiter:
-    """Requests-per-minute and tokens-per-minute buckets, and a cooldown that pauses every worker."""
-
-    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
-        self.requests = _bucket(requests_per_minute)
-        self.tokens = _bucket(tokens_per_minute)
-        self._cool_until = 0.0
-
-    @staticmethod
-    def reserve_for(request: Request) -> int:
-        """Tokens to reserve before sending: the prompt estimate plus the expected output."""
-        return request.est_prompt_tokens + request.est_output_tokens
-
-    async def acquire(self, request: Request) -> None:
-        """Wait for the cooldown, a request slot and the request's estimated tokens."""
-        # Not a polling loop: each sleep lasts exactly to the deadline, which a new 429 may have moved.
-        while (wait := self._cool_until - time.monotonic()) > 0:  # noqa: ASYNC110
-            await anyio.sleep(wait)
-        if self.requests is not None:
-            await self.requests.take(1)
-        if self.tokens is not None:
-            await self.tokens.take(self.reserve_for(request))
-
-    def reconcile(self, request: Request, usage: Usage | None) -> None:
-        """Correct the token bucket with what the request really used (nothing, if it failed)."""
-        if self.tokens is None:
-            return
-        used = (usage.total_tokens or 0) if usage is not None else 0
-        self.tokens.give_back(self.reserve_for(request) - used)
-
-    def cool_down(self, seconds: float) -> None:
-        """Pause every worker for `seconds` from now (a 429 slows the whole run, not one request)."""
-        self._cool_until = max(self._cool_until, time.monotonic() + seconds)
-
-    @property
-    def cooling_down(self) -> bool:
-        """True while the run is paused after a rate limit."""
-        return self._cool_until > time.monotonic()
-
-
-def _bucket(per_minute: float | None) -> TokenBucket | None:
-    if per_minute is None:
-        return None
+def per_minute_bucket(per_minute: float) -> TokenBucket:
+    """A bucket for a per-minute limit, holding one second's worth."""
     per_second = per_minute / 60
     return TokenBucket(per_second, math.ceil(per_second))
 

@@ -100,14 +100,27 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, ProviderError) and exc.retryable
 
 
-def retrying(max_attempts: int, base_s: float, max_s: float) -> AsyncRetrying:
+def retrying(
+    max_attempts: int, base_s: float, max_s: float, attempts_used: Callable[[], int] | None = None
+) -> AsyncRetrying:
     """A fresh retry controller for one row: retryable `ProviderError`s only, at most `max_attempts` tries.
 
-    After the last attempt the last error is raised as it is, so the row records what really happened.
+    `attempts_used` counts the tries that count (an attempt lost to a provider outage does not); by
+    default every try counts. After the last attempt the last error is raised as it is, so the row
+    records what really happened.
     """
+    stop: Callable[[RetryCallState], bool]
+    if attempts_used is None:
+        stop = stop_after_attempt(max_attempts)
+    else:
+        used = attempts_used
+
+        def stop(state: RetryCallState) -> bool:
+            return used() >= max_attempts
+
     return AsyncRetrying(
         retry=retry_if_exception(_is_retryable),
-        stop=stop_after_attempt(max_attempts),
+        stop=stop,
         wait=BackoffWait(base_s, max_s),
         sleep=_sleep,
         reraise=True,

@@ -28,7 +28,8 @@ from batchrun.endpoint import api_key, cache_scope, open_endpoint
 from batchrun.errors import ErrorClass, ProviderError, StopRun, UsageError
 from batchrun.inputs import PromptSet
 from batchrun.job import Job
-from batchrun.limits import Budget, Limiter
+from batchrun.limits import Budget
+from batchrun.pacing import Limiter
 from batchrun.pricing import PriceBook
 from batchrun.providers import Provider, make_provider
 from batchrun.records import Reply, Request, Result, Usage
@@ -126,7 +127,12 @@ class Runner:
         self.prices = prices
         self.cache = cache
         limits = job.limits
-        self.limiter = Limiter(limits.requests_per_minute, limits.tokens_per_minute)
+        self.limiter = Limiter(
+            concurrency=limits.concurrency,
+            requests_per_minute=limits.requests_per_minute,
+            tokens_per_minute=limits.tokens_per_minute,
+            adaptive=limits.adaptive,
+        )
         self.budget: Budget | None = None
         self.timeouts = Timeouts(connect_s=limits.connect_timeout_s, total_s=limits.timeout_s)
         self.counters = Counters()
@@ -271,29 +277,46 @@ class Runner:
     async def _process(self, sender: Sender, request: Request) -> Result:
         """One row, with retries; a fatal error stops the run and cancels this task."""
         limits = self.job.limits
-        attempts = 0
+        attempts = counted = 0  # every try, and the tries that count against max_attempts
         try:
-            async for try_ in retrying(limits.max_attempts, limits.backoff_base_s, limits.backoff_max_s):
+            retry = retrying(
+                limits.max_attempts, limits.backoff_base_s, limits.backoff_max_s, lambda: counted
+            )
+            async for try_ in retry:
                 with try_:
+                    ticket = await self.limiter.acquire(request)
                     attempts += 1
-                    await self.limiter.acquire(request)
+                    counted += 1
                     self.counters.sent += 1
                     try:
-                        reply, latency = await sender.attempt(request)
+                        answer = await sender.attempt(request)
                     except ProviderError as exc:
-                        self.limiter.reconcile(request, None)
-                        if exc.error_type == "rate_limited":
-                            self.limiter.cool_down(exc.retry_after_s or limits.backoff_base_s)
+                        during_outage = self.limiter.breaker.is_open
+                        self.limiter.on_failure(ticket, exc, limits.backoff_base_s)
+                        if during_outage:
+                            counted -= 1  # the provider is down: not this row's fault, nor its budget
+                            self._check_outage()
                         raise
+                    except BaseException:
+                        self.limiter.abandon(ticket)
+                        raise
+                    self.limiter.on_success(ticket, answer.reply.usage, answer.rate)
         except ProviderError as exc:
             if exc.error_class is ErrorClass.FATAL:
                 self._stop(exc)
             return _error_result(request.custom_id, exc, attempts)
-        self.limiter.reconcile(request, reply.usage)
-        result = self._ok_result(request, reply, latency, attempts)
+        result = self._ok_result(request, answer.reply, answer.latency_s, attempts)
         if self.cache is not None:
             self._to_cache.append((self.cache.key(request), result))
         return result
+
+    def _check_outage(self) -> None:
+        """Give up (a fatal error) once the provider has been down longer than `max_outage_s`."""
+        down_s = self.limiter.breaker.down_s
+        if down_s > self.job.limits.max_outage_s:
+            error_class, error_type = ErrorClass.FATAL, "outage"
+            message = f"the provider has failed every request for {down_s:.0f} s ([limits] max_outage_s)"
+            raise ProviderError(message, error_type=error_type, error_class=error_class)
 
     def _ok_result(self, request: Request, reply: Reply, latency: float, attempts: int) -> Result:
         usage = reply.usage
@@ -369,5 +392,6 @@ def _fatal_message(job: Job, exc: ProviderError) -> str:
         else "The endpoint wants a key: set [provider] api_key_env to the variable that holds it.",
         "billing": "The account has no balance or quota left: top it up, then rerun.",
         "model_not_found": f"Check [provider] model ({job.provider.model!r}) against the provider's models.",
+        "outage": "The provider is down: rerun later to resume.",
     }
     return f"{head}\n{fixes.get(exc.error_type, 'Fix the cause, then rerun.')}"

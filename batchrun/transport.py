@@ -18,8 +18,18 @@ import httpx
 
 from batchrun.errors import ProviderError
 from batchrun.providers.base import Provider
+from batchrun.providers.headers import RateInfo, parse_rate_info
 from batchrun.records import Reply, Request
 from batchrun.retry import classify
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A successful attempt: the parsed reply, how long it took, and what the headers said of rate limits."""
+
+    reply: Reply
+    latency_s: float
+    rate: RateInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +68,8 @@ class Sender:
             "timeout": {"connect": timeouts.connect_s, "read": total, "write": total, "pool": total}
         }
 
-    async def attempt(self, request: Request) -> tuple[Reply, float]:
-        """Send once; return the reply and its latency, or raise a classified `ProviderError`.
+    async def attempt(self, request: Request) -> Answer:
+        """Send once; return the answer, or raise a classified `ProviderError`.
 
         Every failure below HTTP (refused or dropped connection, timeout, a body cut short) becomes a
         retryable `ProviderError`, so the retry policy sees one type.
@@ -88,7 +98,7 @@ class Sender:
         latency = time.perf_counter() - started
         if response.status_code != 200:
             raise self.provider.error(response.status_code, response.headers, body)
-        return self.provider.parse(body), latency
+        return Answer(self.provider.parse(body), latency, parse_rate_info(response.headers))
 
 
 def _proxy_configured() -> bool:

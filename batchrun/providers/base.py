@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import email.utils
 import json
-import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
@@ -40,28 +38,6 @@ class Provider(Protocol):
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         """Turn a non-200 reply into a classified `ProviderError`."""
         ...
-
-
-def retry_after_s(headers: Mapping[str, str]) -> float | None:
-    """The wait a reply asks for: `retry-after-ms` (float ms) over `retry-after` (seconds or an HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def load_json(body: bytes, what: str) -> Any:

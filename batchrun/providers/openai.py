@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from batchrun.errors import ProviderError
-from batchrun.providers.base import load_json, retry_after_s, retryable_bad_reply
+from batchrun.providers.base import load_json, retryable_bad_reply
+from batchrun.providers.headers import wait_hint
 from batchrun.records import Reply, Request, Usage
 from batchrun.retry import classify
 
@@ -85,7 +86,7 @@ def _error_from_body(status: int, headers: Mapping[str, str], data: dict[str, An
         error_class=error_class,
         status=status,
         code=code,
-        retry_after_s=retry_after_s(headers),
+        retry_after_s=wait_hint(headers),
     )
 
 
