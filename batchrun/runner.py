@@ -291,9 +291,8 @@ class Runner:
                     try:
                         answer = await sender.attempt(request)
                     except ProviderError as exc:
-                        during_outage = self.limiter.breaker.is_open
                         self.limiter.on_failure(ticket, exc, limits.backoff_base_s)
-                        if during_outage:
+                        if self.limiter.breaker.is_open:
                             counted -= 1  # the provider is down: not this row's fault, nor its budget
                             self._check_outage()
                         raise

@@ -1,0 +1,37 @@
+"""A local OpenAI-compatible chat-completions server: the demo provider, and the target of tests and benches.
+
+Every answer is deterministic. The reply text is a function of the model and the messages only, so a rerun
+of the same prompt set gives the same output; injected faults (429, 500, 502, 503, 529, dropped connections,
+truncated bodies, slow replies) are a function of the seed, the raw request body and how many times that
+body was admitted, so a retrying client sees the same fault pattern on every run. Optional RPM and TPM limits
+are enforced per second like DashScope and OpenAI do, with or without OpenAI's rate-limit headers; an
+optional outage window answers every request 503. Requests are cheap to answer (no logging, stdlib `json`,
+each feature costs nothing while it is off) so benchmarks measure the client.
+
+Endpoints: `POST /v1/chat/completions` (also `/chat/completions`), `GET /v1/models`, `GET /health`.
+
+Modules: `config` (EmulatorConfig), `replies` (parsing, reply text, usage), `ratelimit` (RPM/TPM buckets
+and headers), `faults` (the fault draw and broken connections), `app` (the handler and counters), `server`
+(EmulatorServer and serve).
+"""
+
+from __future__ import annotations
+
+from batchrun.emulator.app import STATUS_DROPPED, STATUS_TRUNCATED, Emulator
+from batchrun.emulator.config import EmulatorConfig
+from batchrun.emulator.ratelimit import format_duration
+from batchrun.emulator.replies import DIRECTIVE_400, MODELS, count_tokens
+from batchrun.emulator.server import EmulatorServer, serve
+
+__all__ = [
+    "DIRECTIVE_400",
+    "MODELS",
+    "STATUS_DROPPED",
+    "STATUS_TRUNCATED",
+    "Emulator",
+    "EmulatorConfig",
+    "EmulatorServer",
+    "count_tokens",
+    "format_duration",
+    "serve",
+]
