@@ -123,7 +123,8 @@ class PromptSet:
         import polars as pl
 
         if self.batch_lines:
-            frame = pl.scan_lines(self.path, name="line")
+            # A blank line is no request (editors and `cat` leave them): skip it rather than fail a row.
+            frame = pl.scan_lines(self.path, name="line").filter(pl.col("line").str.strip_chars() != "")
         elif self.format == "parquet":
             frame = pl.scan_parquet(self.path)
         elif self.format == "csv":
@@ -259,6 +260,8 @@ class PromptSet:
         body = record["body"]
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise ValueError("body.messages must be a list")
+        if body.get("stream"):
+            raise ValueError("body.stream = true is not supported yet (replies are read whole)")
         # The job's model and [params] win, so one batch file can be rerun against another setup.
         body = {**body, **self.job.params}
         if self.job.provider.model:

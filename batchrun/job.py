@@ -23,7 +23,8 @@ PATH_KEYS = (("input", "path"), ("output", "path"), ("cache", "path"))
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # coerce_numbers_to_str: `--set provider.model=123` parses as a TOML number but means a name.
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
 class InputSection(_Section):

@@ -20,6 +20,7 @@ from batchrun.errors import ProviderError
 from batchrun.limits import TokenBucket, per_minute_bucket
 from batchrun.providers.headers import RateInfo
 from batchrun.records import Request, Usage
+from batchrun.retry import RETRY_AFTER_CAP_S
 
 SERVER_SIDE = {"server_error", "overloaded", "timeout", "connection", "bad_response"}
 EMA_WEIGHT = 0.05  # how fast the running average of completion tokens follows new replies
@@ -114,7 +115,9 @@ class Limiter:
         if self.tokens is not None:
             self.tokens.give_back(ticket.tokens)
         if exc.error_type == "rate_limited":
-            self.cool_down(exc.retry_after_s if exc.retry_after_s is not None else backoff_s)
+            wait = exc.retry_after_s if exc.retry_after_s is not None else backoff_s
+            # The same cap as a row's own retry wait: an hour-long retry-after must not look like a hang.
+            self.cool_down(min(wait, RETRY_AFTER_CAP_S))
             if self.adaptive is not None:
                 self.adaptive.on_rate_limited(ticket.sent_at)
         elif exc.error_type in SERVER_SIDE:

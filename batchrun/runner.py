@@ -253,7 +253,9 @@ class Runner:
                         self.budget.release(reserved)
                 if self.budget is not None:
                     self.budget.spend(result.cost_usd)
-                await results.send(result)
+                # Shielded: a stop that cancels the workers must not drop an answer already paid for.
+                with anyio.CancelScope(shield=True):
+                    await results.send(result)
 
     def _reserve(self, request: Request) -> float | None:
         """Reserve the request's worst-case cost under `max_cost_usd`; None (and drain) when it won't fit."""
@@ -376,7 +378,8 @@ def _error_result(custom_id: str, exc: ProviderError, attempts: int) -> Result:
         error_type=exc.error_type,
         error=exc.message,
         http_status=exc.status,
-        retryable=exc.retryable,
+        # A fatal error (bad key, unpaid account) says nothing about the row: send it again next run.
+        retryable=exc.retryable or exc.error_class is ErrorClass.FATAL,
     )
 
 

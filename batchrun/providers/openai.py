@@ -48,7 +48,9 @@ class OpenAIProvider:
         if not isinstance(choices, list) or not choices:
             raise retryable_bad_reply("the reply has no choices")
         choice = choices[0]
-        message = choice.get("message") or {}
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            raise retryable_bad_reply("the reply's first choice has no message object")
         tool_calls = message.get("tool_calls")
         return Reply(
             completion=message.get("content"),
