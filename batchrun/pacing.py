@@ -156,8 +156,13 @@ class Limiter:
             if left is not None and left < LOW_WATER and limit.reset_s and limit.remaining:
                 # Spread what is left over the time to the reset; for tokens, as requests of average size.
                 per_request = 1.0 if limit is rate.requests else max(1.0, self._avg_total)
-                rate_per_s = limit.remaining / per_request / limit.reset_s
-                self._header_pace = TokenBucket(max(rate_per_s, 0.1), 1)
+                rate_per_s = max(limit.remaining / per_request / limit.reset_s, 0.1)
+                # Retune the one bucket rather than replace it: a new bucket starts full, and replacing
+                # it on every reply would let a burst through each time.
+                if self._header_pace is None:
+                    self._header_pace = TokenBucket(rate_per_s, 1)
+                else:
+                    self._header_pace.rate_per_s = rate_per_s
                 self._header_pace_until = time.monotonic() + limit.reset_s
 
 

@@ -19,7 +19,7 @@ FAULT_RATES = (
 )
 """The fault-rate fields in the order one draw assigns them (429 and 500 first, so old seeded runs replay)."""
 
-# Summing ten 0.1s gives 0.9999999999999999 and some sums land just above 1: allow for the rounding.
+# Rates that add up to 1 on paper may not in floats (0.33 + 0.56 + 0.11 = 1.0000000000000002): allow for it.
 _SUM_TOLERANCE = 1e-9
 
 
@@ -46,9 +46,9 @@ class EmulatorConfig:
     # Rate limits, enforced per second like DashScope and OpenAI: a bucket refilled continuously at
     # RPM/60 (TPM/60) per second that holds one second's worth. Over the limit: 429 at once, no latency.
     requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None  # a request costs its prompt tokens + max_tokens (see app.py)
-    # True: OpenAI's `x-ratelimit-*` headers on every reply, `retry-after(-ms)` on 429s. False: bare 429s
-    # without any rate-limit or retry header, as DashScope sends them.
+    tokens_per_minute: float | None = None  # cost: prompt tokens + max_tokens (see `Emulator`)
+    # True: OpenAI's `x-ratelimit-*` headers on every reply while a limit is set, `retry-after(-ms)` on 429s.
+    # False: bare 429s without any rate-limit or retry header, as DashScope sends them.
     rate_limit_headers: bool = True
     rate_502: float = 0.0  # share of requests answered 502 (OpenAI-shaped server_error)
     rate_503: float = 0.0  # share of requests answered 503 (OpenAI-shaped server_error)
