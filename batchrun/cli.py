@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -142,28 +144,44 @@ def providers() -> None:
         click.echo(f"{'':<{width}}  key: {key}; {preset.description}")
 
 
+def _share(name: str, what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A 0-1 option for one injected fault."""
+    flag = "--" + name.replace("_", "-")
+    return click.option(flag, name, default=0.0, show_default=True, help=f"Share of requests {what} (0-1).")
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, help="Port to listen on (0: any free port).")
 @click.option("--latency", "latency_s", default=0.0, show_default=True, help="Seconds before each reply.")
-@click.option("--rate-429", default=0.0, show_default=True, help="Share of requests answered 429 (0-1).")
-@click.option("--rate-500", default=0.0, show_default=True, help="Share of requests answered 500 (0-1).")
+@click.option("--rpm", "requests_per_minute", type=float, help="Enforce this many requests per minute.")
+@click.option("--tpm", "tokens_per_minute", type=float, help="Enforce this many tokens per minute.")
 @click.option(
-    "--retry-after", "retry_after_s", default=0.05, show_default=True, help="Seconds a 429 asks for."
+    "--rate-limit-headers/--no-rate-limit-headers",
+    default=True,
+    show_default=True,
+    help="Send x-ratelimit-* and retry-after headers (off: bare 429s, as DashScope).",
+)
+@_share("rate_429", "answered 429")
+@_share("rate_500", "answered 500")
+@_share("rate_502", "answered 502")
+@_share("rate_503", "answered 503")
+@_share("rate_529", "answered 529 (overloaded)")
+@_share("rate_drop", "whose connection is dropped")
+@_share("rate_truncate", "whose body is cut short")
+@_share("rate_slow", "answered late (see --slow)")
+@click.option("--slow", "slow_s", default=5.0, show_default=True, help="Extra seconds for a slow reply.")
+@click.option(
+    "--outage-after", "outage_after_s", type=float, help="Start a total outage after this many seconds."
+)
+@click.option("--outage", "outage_s", default=0.0, show_default=True, help="How long the outage lasts (s).")
+@click.option(
+    "--retry-after", "retry_after_s", default=0.05, show_default=True, help="Seconds a fault 429 asks for."
 )
 @click.option("--api-key-env", help="Require the key held by this environment variable (else any key works).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the fault pattern.")
-def emulate(
-    host: str,
-    port: int,
-    latency_s: float,
-    rate_429: float,
-    rate_500: float,
-    retry_after_s: float,
-    api_key_env: str | None,
-    seed: int,
-) -> None:
-    """Serve a local OpenAI-compatible API with deterministic replies and optional faults."""
+def emulate(host: str, port: int, api_key_env: str | None, **behaviour: Any) -> None:
+    """Serve a local OpenAI-compatible API with deterministic replies, optional limits and faults."""
     import os
 
     from batchrun.emulator import EmulatorConfig, serve
@@ -176,14 +194,7 @@ def emulate(
                 f"the environment variable {api_key_env} is not set", param_hint="--api-key-env"
             )
     try:
-        config = EmulatorConfig(
-            latency_s=latency_s,
-            rate_429=rate_429,
-            rate_500=rate_500,
-            retry_after_s=retry_after_s,
-            api_key=api_key,
-            seed=seed,
-        )
+        config = EmulatorConfig(api_key=api_key, **behaviour)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     serve(config, host=host, port=port)

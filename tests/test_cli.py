@@ -384,3 +384,42 @@ def test_run_json_summary_for_scripts(
     assert (summary["rows"], summary["ok"], summary["failed"]) == (40, 40, 0)
     assert summary["cost_usd"] > 0
     assert summary["requests_sent"] == 40
+
+
+def test_every_kind_of_fault_is_retried_to_success(
+    emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+) -> None:
+    """502, 503, 529, dropped connections and truncated bodies at random: every row still ends ok."""
+    faults = {"rate_502": 0.05, "rate_503": 0.05, "rate_529": 0.05, "rate_drop": 0.05, "rate_truncate": 0.05}
+    server = emulator(seed=3, **faults)
+    job = write_job(server.base_url)
+    result = cli("run", job, "--set", "limits.max_attempts=10")
+    assert result.exit_code == 0, result.stderr
+    out = read_output(job)
+    assert out["status"].to_list() == ["ok"] * 40
+    statuses = server.emulator.requests_by_status
+    assert sum(statuses[s] for s in (502, 503, 529, 0, -1)) > 0  # faults were injected (0: drop, -1: cut)
+    assert out["attempts"].sum() == sum(statuses.values())
+
+
+def test_a_configured_rate_limit_under_the_providers_sees_no_429(
+    emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+) -> None:
+    """Paced at 40 requests/s against a provider allowing 50/s, not one request is refused."""
+    server = emulator(requests_per_minute=3000)
+    job = write_job(server.base_url)
+    result = cli("run", job, "--set", "limits.requests_per_minute=2400")
+    assert result.exit_code == 0
+    assert server.emulator.requests_by_status[429] == 0
+    assert server.emulator.requests_by_status[200] == 40
+
+
+def test_an_unknown_bare_429_limit_is_found_and_every_row_ends_ok(
+    emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+) -> None:
+    """Against a 50/s limit with bare 429s and no limit configured, the run adapts and every row ends ok."""
+    server = emulator(requests_per_minute=3000, rate_limit_headers=False)
+    job = write_job(server.base_url)
+    result = cli("run", job, "--set", "limits.concurrency=32", "--set", "limits.max_attempts=20")
+    assert result.exit_code == 0, result.stderr
+    assert server.emulator.requests_by_status[200] == 40
