@@ -28,6 +28,8 @@ RATE_MARGIN = 0.95  # the pacing rate after a 429, as a share of the success rat
 PROBE_GROWTH = 0.01  # how fast the pacing rate creeps back up, a share per second
 WINDOW_S = 5.0  # the window the success rate is measured over
 FLOOR = 0.5  # the pace never drops below this share of the best success rate measured
+MIN_SPAN_S = 1.0  # the shortest stretch of answers a success rate is measured over
+MIN_CUT_GAP_S = 0.2  # at most one cut of the window per this many seconds
 
 
 class AdaptiveLimit:
@@ -41,6 +43,7 @@ class AdaptiveLimit:
         self.pacer: TokenBucket | None = None  # None until the first 429: no rate is known yet
         self._successes: collections.deque[float] = collections.deque()
         self._last_cut = 0.0
+        self._limited_since: float | None = None  # the first 429: successes before it include a burst
         self._best_rate = 0.0
         self._last_growth = time.monotonic()
 
@@ -55,8 +58,11 @@ class AdaptiveLimit:
         return self.pacer.rate_per_s if self.pacer is not None else None
 
     async def acquire(self) -> None:
-        """Wait for a concurrency slot, then for the pacing bucket."""
+        """Wait for a concurrency slot (then call `pace` before sending)."""
         await self._gate.acquire()
+
+    async def pace(self) -> None:
+        """Wait for the pacing bucket, once a 429 has set one."""
         if self.pacer is not None:
             self._grow_rate()
             await self.pacer.take(1)
@@ -80,9 +86,13 @@ class AdaptiveLimit:
         `sent_at` is when the refused request was sent: 429s for requests sent before the last cut say
         nothing new, so they do not cut again.
         """
-        if sent_at < self._last_cut:
-            return
         now = time.monotonic()
+        # One cut per round: 429s come back at once, so without a minimum gap a single burst of refusals
+        # would cut the window ten times over.
+        if sent_at < self._last_cut or now - self._last_cut < MIN_CUT_GAP_S:
+            return
+        if self._limited_since is None:
+            self._limited_since = now
         self._last_cut = now
         self._slow_start = False
         self.window = max(1.0, self.window * CUT)
@@ -99,13 +109,13 @@ class AdaptiveLimit:
         self._last_growth = now
 
     def _success_rate(self, now: float) -> float | None:
-        recent = [t for t in self._successes if t >= now - WINDOW_S]
-        if len(recent) < 3:
+        # Counted from the first 429 on: until then the provider was admitting its first second's burst,
+        # which would read as a rate far above its limit. Under a second of answers says nothing yet.
+        start = max(now - WINDOW_S, self._limited_since if self._limited_since is not None else now)
+        span = now - start
+        if span < MIN_SPAN_S:
             return None
-        # A short floor on the span: early in a run the window is young, and a 1 s floor would read a
-        # fast provider as a slow one.
-        span = max(now - recent[0], 0.1)
-        return len(recent) / span
+        return sum(1 for t in self._successes if t >= start) / span
 
     def _grow_rate(self) -> None:
         assert self.pacer is not None

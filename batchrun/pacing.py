@@ -72,13 +72,22 @@ class Limiter:
         if self.adaptive is not None:
             await self.adaptive.acquire()
         try:
-            if self._header_pace is not None and time.monotonic() < self._header_pace_until:
-                await self._header_pace.take(1)
-            if self.requests is not None:
-                await self.requests.take(1)
+            # A 429 may start a cooldown while this request waits for a slot or a bucket: waiting for the
+            # cooldown only on the way in would let every request already queued through during it.
+            while True:
+                if self.adaptive is not None:
+                    await self.adaptive.pace()
+                if self._header_pace is not None and time.monotonic() < self._header_pace_until:
+                    await self._header_pace.take(1)
+                if self.requests is not None:
+                    await self.requests.take(1)
+                if not self.cooling_down:
+                    break
+                await self._wait_cooldown()  # what was taken stays taken: it only slows the run a little
             tokens = self.reserve_for(request)
             if self.tokens is not None:
                 await self.tokens.take(tokens)
+                await self._wait_cooldown()
         except BaseException:
             if self.adaptive is not None:
                 self.adaptive.release()

@@ -12,6 +12,7 @@ import anyio
 import httpx
 import pytest
 
+from batchrun import adaptive as adaptive_module
 from batchrun.adaptive import AdaptiveLimit
 from batchrun.breaker import Breaker
 from batchrun.errors import ErrorClass, ProviderError, StopRun
@@ -94,6 +95,32 @@ def test_a_429_cools_the_whole_run_down() -> None:
     assert anyio.run(scenario) >= 0.19
 
 
+def test_a_cooldown_also_holds_requests_already_queued_for_a_slot() -> None:
+    """A request that passed the cooldown check, then waited for a slot during a 429, still waits it out."""
+
+    async def scenario() -> float:
+        limiter = Limiter(concurrency=1, adaptive=True)
+        first = await limiter.acquire(request())
+        sent_at: list[float] = []
+
+        async def queued() -> None:
+            await limiter.acquire(request())
+            sent_at.append(time.monotonic())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(queued)
+            await anyio.sleep(0.05)  # the second request is now waiting for the only slot
+            limited = ProviderError(
+                "slow down", error_type="rate_limited", error_class=ErrorClass.RETRY, status=429
+            )
+            limited.retry_after_s = 0.3
+            refused_at = time.monotonic()
+            limiter.on_failure(first, limited, backoff_s=5)
+        return sent_at[0] - refused_at
+
+    assert anyio.run(scenario) >= 0.29
+
+
 def test_token_reservation_follows_real_completions() -> None:
     """Reservations use a running average of real completion sizes, not max_tokens."""
 
@@ -111,8 +138,11 @@ def test_token_reservation_follows_real_completions() -> None:
     assert sizes[-1] == 110
 
 
-def test_adaptive_limit_grows_while_answers_come_and_paces_after_a_429() -> None:
-    """Slow start doubles the window per round; a 429 cuts it and sets a pace under the success rate."""
+def test_adaptive_limit_grows_while_answers_come_and_paces_after_a_429(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slow start doubles the window per round; a 429 cuts it; the pace is set from what came after it."""
+    monkeypatch.setattr(adaptive_module, "MIN_SPAN_S", 0.2)
 
     async def scenario() -> AdaptiveLimit:
         adaptive = AdaptiveLimit(max_concurrency=64)
@@ -122,15 +152,22 @@ def test_adaptive_limit_grows_while_answers_come_and_paces_after_a_429() -> None
             adaptive.release()
             adaptive.on_success()
         assert adaptive.concurrency == 24
-        await anyio.sleep(0.2)
+        adaptive.on_rate_limited(sent_at=time.monotonic())
+        # The first 429 only cuts the window: the answers before it were a burst, not the provider's rate.
+        assert adaptive.concurrency == 16
+        assert adaptive.rate_per_s is None
+        for _ in range(10):
+            await anyio.sleep(0.03)
+            adaptive.on_success()
         adaptive.on_rate_limited(sent_at=time.monotonic())
         return adaptive
 
     adaptive = anyio.run(scenario)
-    assert adaptive.concurrency == 16
+    assert adaptive.concurrency == 12  # (16.8 + 10 / 16.8) x 0.7
     rate = adaptive.rate_per_s
     assert rate is not None
-    assert 0 < rate < 20 / 0.2
+    # Ten answers in about 0.3 s, paced at 95% of that: well under the burst's rate of 20 in no time.
+    assert 10 / 0.6 < rate < 10 / 0.3
 
 
 def test_breaker_opens_after_a_run_of_failures_and_closes_on_a_probe_success() -> None:
