@@ -81,18 +81,25 @@ class BackoffWait:
     together do not come back together.
     """
 
-    def __init__(self, base_s: float, max_s: float, rng: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self, base_s: float, max_s: float, rng: Callable[[], float] = random.random, tries_before: int = 0
+    ) -> None:
         self.base_s = base_s
         self.max_s = max_s
         self.rng = rng
+        self.tries_before = tries_before  # tries made before tenacity took over (see `retrying`)
 
     def __call__(self, state: RetryCallState) -> float:
         """Seconds to wait before the next attempt."""
         exc = state.outcome.exception() if state.outcome is not None else None
+        return self.after(state.attempt_number + self.tries_before, exc)
+
+    def after(self, attempt_number: int, exc: BaseException | None) -> float:
+        """Seconds to wait after try number `attempt_number` (from 1) failed with `exc`."""
         if isinstance(exc, ProviderError) and exc.retry_after_s is not None:
             # Honour the provider's wait, but not an absurd one (an hour) that would look like a hang.
             return float(min(exc.retry_after_s, max(self.max_s, RETRY_AFTER_CAP_S)))
-        cap: float = min(self.max_s, self.base_s * 2.0 ** (state.attempt_number - 1))
+        cap: float = min(self.max_s, self.base_s * 2.0 ** (attempt_number - 1))
         return cap * self.rng()
 
 
@@ -101,17 +108,23 @@ def _is_retryable(exc: BaseException) -> bool:
 
 
 def retrying(
-    max_attempts: int, base_s: float, max_s: float, attempts_used: Callable[[], int] | None = None
+    max_attempts: int,
+    base_s: float,
+    max_s: float,
+    attempts_used: Callable[[], int] | None = None,
+    tries_before: int = 0,
 ) -> AsyncRetrying:
     """A fresh retry controller for one row: retryable `ProviderError`s only, at most `max_attempts` tries.
 
     `attempts_used` counts the tries that count (an attempt lost to a provider outage does not); by
-    default every try counts. After the last attempt the last error is raised as it is, so the row
-    records what really happened.
+    default every try counts. `tries_before` is how many tries were made before this controller took
+    over (the runner makes the first outside it: most rows need one, and tenacity costs a tenth of a
+    row's CPU), so the backoff goes on growing from there. After the last attempt the last error is
+    raised as it is, so the row records what really happened.
     """
     stop: Callable[[RetryCallState], bool]
     if attempts_used is None:
-        stop = stop_after_attempt(max_attempts)
+        stop = stop_after_attempt(max_attempts - tries_before)
     else:
         used = attempts_used
 
@@ -121,7 +134,7 @@ def retrying(
     return AsyncRetrying(
         retry=retry_if_exception(_is_retryable),
         stop=stop,
-        wait=BackoffWait(base_s, max_s),
+        wait=BackoffWait(base_s, max_s, tries_before=tries_before),
         sleep=_sleep,
         reraise=True,
     )
