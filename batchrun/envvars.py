@@ -4,8 +4,9 @@
 and `$${` is a literal `${`. A lone `$` is left alone (prompts talk about prices). A variable that is not
 set, with no default, stops the load with an error naming the variable, the file and the key.
 
-API keys do not belong here: a job names its key's variable in `[provider] api_key_env`, and only there is
-the value kept out of everything batchrun prints or writes.
+API keys do not belong in prompts, paths or params, where they would be sent, written or printed: a job
+names its key's variable in `[provider] api_key_env`. `check_no_keys` refuses a key variable (the job's
+own, or any preset's) anywhere but `[provider.headers]`, which batchrun sends and never prints.
 """
 
 from __future__ import annotations
@@ -22,25 +23,43 @@ _TOKEN = re.compile(r"\$\$\{|\$\{([^}]*)(\})?")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def expand_env(raw: dict[str, Any], path: Path, environ: Mapping[str, str] | None = None) -> None:
-    """Expand `${VAR}` in every string value of a parsed job file, in place."""
+def expand_env(
+    raw: dict[str, Any], path: Path, environ: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """Expand `${VAR}` in every string value of a parsed job file, in place; return (VAR, key) pairs used."""
     env = os.environ if environ is None else environ
-    _walk(raw, "", path, env)
+    used: list[tuple[str, str]] = []
+    _walk(raw, "", path, env, used)
+    return used
 
 
-def _walk(node: Any, where: str, path: Path, env: Mapping[str, str]) -> Any:
+def check_no_keys(used: list[tuple[str, str]], key_vars: set[str], path: Path) -> None:
+    """JobFileError when a variable holding an API key was expanded outside `[provider.headers]`."""
+    for name, where in used:
+        if name in key_vars and not where.startswith("provider.headers."):
+            raise JobFileError(
+                path,
+                f"${{{name}}} holds an API key, which would be sent or written here: name it in "
+                f"[provider] api_key_env instead (only [provider.headers] may use ${{{name}}})",
+                key=where,
+            )
+
+
+def _walk(node: Any, where: str, path: Path, env: Mapping[str, str], used: list[tuple[str, str]]) -> Any:
     if isinstance(node, str):
-        return expand_text(node, where, path, env) if "${" in node else node
+        return expand_text(node, where, path, env, used) if "${" in node else node
     if isinstance(node, dict):
         for key, value in node.items():
-            node[key] = _walk(value, f"{where}.{key}" if where else str(key), path, env)
+            node[key] = _walk(value, f"{where}.{key}" if where else str(key), path, env, used)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            node[i] = _walk(value, f"{where}[{i}]", path, env)
+            node[i] = _walk(value, f"{where}[{i}]", path, env, used)
     return node
 
 
-def expand_text(text: str, where: str, path: Path, env: Mapping[str, str]) -> str:
+def expand_text(
+    text: str, where: str, path: Path, env: Mapping[str, str], used: list[tuple[str, str]] | None = None
+) -> str:
     """One string with its `${VAR}`s replaced; JobFileError names the variable, the file and the key."""
 
     def replace(match: re.Match[str]) -> str:
@@ -55,6 +74,8 @@ def expand_text(text: str, where: str, path: Path, env: Mapping[str, str]) -> st
                 "variable, or $${ for a literal ${",
                 key=where,
             )
+        if used is not None:
+            used.append((name, where))
         value = env.get(name)
         if value:
             return value

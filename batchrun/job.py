@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchrun import matrix, paths
-from batchrun.envvars import expand_env
+from batchrun.envvars import check_no_keys, expand_env
 from batchrun.errors import JobFileError
 from batchrun.providers.presets import PRESETS
 
@@ -181,7 +181,7 @@ def load_job(
     except tomllib.TOMLDecodeError as exc:
         raise JobFileError(path, f"not valid TOML: {exc}") from None
 
-    expand_env(raw, path)
+    env_used = expand_env(raw, path)
     _resolve_paths(raw, path.resolve().parent)
     raw.setdefault("name", path.stem)
     cli_values: dict[str, Any] = {}
@@ -200,6 +200,8 @@ def load_job(
     if "provider.preset" in cli_values:
         _drop_endpoint(raw, cli_values)
     _apply_preset(raw, path)
+    if env_used:
+        check_no_keys(env_used, _key_vars(raw), path)
     try:
         job = Job.model_validate({**raw, "source": path})
     except ValidationError as exc:
@@ -209,6 +211,15 @@ def load_job(
 
         variants(job)  # validates every combination now, before anything is sent
     return job
+
+
+def _key_vars(raw: dict[str, Any]) -> set[str]:
+    """Variables that hold API keys: the job's `api_key_env` and every preset's."""
+    names = {p.api_key_env for p in PRESETS.values() if p.api_key_env}
+    provider = raw.get("provider")
+    if isinstance(provider, dict) and isinstance(provider.get("api_key_env"), str):
+        names.add(provider["api_key_env"])
+    return names
 
 
 def _drop_endpoint(raw: dict[str, Any], cli_values: dict[str, Any]) -> None:

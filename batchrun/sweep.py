@@ -2,8 +2,9 @@
 
 A sweep is one run: one journal, one limiter, one output file. Each combination (a *variant*) is the job
 with its swept keys set, validated like any job. The input is read once, a slice at a time, and each slice
-is rendered once per variant, so memory stays flat; slices are made smaller as variants are added so a
-slice's requests stay about the same in number.
+is rendered and sent once per variant before the next variant's copy is rendered, so memory stays flat.
+Slices shrink as variants are added, so the variants progress together: a sweep stopped halfway (a budget,
+an interrupt) has about as many rows of each variant to compare.
 
 In the output every variant's rows appear together, in input order, variants in matrix order (the first
 key varying slowest). The columns `variant` (its name) and `sweep_<key>` (one per swept key) sit after the

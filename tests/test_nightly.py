@@ -153,3 +153,22 @@ def test_preset_set_on_the_command_line_replaces_the_files_endpoint(write_job: W
     assert kept.provider.api_key_env == "OTHER"
     in_file = load_job(path)
     assert (in_file.provider.base_url, in_file.provider.api_key_env) == ("https://example.test/v1", "MY_KEY")
+
+
+def test_an_api_key_variable_cannot_be_expanded_into_the_request_or_output(
+    write_job: WriteJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`${KEY}` of the job's api_key_env (or a preset's) is refused outside [provider.headers]."""
+    monkeypatch.setenv("MY_KEY", "sk-secret-123")
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-secret-456")
+    body = f'base_url = "{URL}"\nmodel = "m"\napi_key_env = "MY_KEY"'
+    for name, text in (
+        ("MY_KEY", provider(body).replace("{text}", "${MY_KEY} {text}")),
+        ("DASHSCOPE_API_KEY", provider(body) + '\n[params]\nuser = "${DASHSCOPE_API_KEY}"\n'),
+    ):
+        with pytest.raises(JobFileError) as info:
+            load_job(write_job(URL, header=text))
+        assert f"${{{name}}} holds an API key" in str(info.value)
+        assert "sk-secret" not in str(info.value)
+    headers = provider(body + '\nheaders = { api-key = "${MY_KEY}" }')
+    assert load_job(write_job(URL, header=headers)).provider.headers == {"api-key": "sk-secret-123"}
