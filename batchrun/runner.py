@@ -91,12 +91,13 @@ async def _run_async(
     prices = PriceBook(
         input=job.pricing.input, output=job.pricing.output, cached_input=job.pricing.cached_input
     )
-    unpriced = [m for m in request_models(job) if prices.price(m) is None]
-    if job.limits.max_cost_usd is not None and unpriced:
-        raise UsageError(
-            f"{job.source}: [limits] max_cost_usd needs a price, and none is known for model "
-            f"{unpriced[0]!r}: set [pricing] input and output"
-        )
+    if job.limits.max_cost_usd is not None:
+        for model in request_models(job):  # a sweep's every model needs its price
+            if prices.price(model) is None:
+                raise UsageError(
+                    f"{job.source}: [limits] max_cost_usd needs a price, and none is known for model "
+                    f"{model!r}: set [pricing] input and output"
+                )
     cache = None
     if job.cache.enabled:
         cache = ResponseCache(job.cache.path, kind=job.provider.kind, base_url=cache_scope(job))

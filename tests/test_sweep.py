@@ -235,3 +235,16 @@ def test_estimate_counts_rows_times_variants(
     assert "qwen-max" in guess["price_source"]
     assert "qwen3-max" in guess["price_source"]
     assert "40 input rows x 4 variants" in cli("estimate", job).stdout
+
+
+def test_a_budget_needs_a_price_for_every_swept_model(
+    emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+) -> None:
+    """max_cost_usd with a swept model that has no known price exits 2 naming that model, sending nothing."""
+    server = emulator()
+    job = write_job(server.base_url, '\n[matrix]\nmodel = ["qwen3-max", "my-finetune"]\n')
+    job.write_text(job.read_text().replace("[limits]\n", "[limits]\nmax_cost_usd = 1.0\n"))
+    result = cli("run", job)
+    assert result.exit_code == 2
+    assert "'my-finetune'" in result.stderr
+    assert sum(server.emulator.requests_by_status.values()) == 0
