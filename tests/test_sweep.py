@@ -14,6 +14,7 @@ from batchrun.emulator import EmulatorServer
 from batchrun.errors import JobFileError
 from batchrun.job import load_job
 from batchrun.matrix import combinations, normalize
+from batchrun.records import Request
 from tests.conftest import CliResult
 
 Cli = Callable[..., CliResult]
@@ -183,7 +184,10 @@ def test_json_summary_compares_variants(
         assert entry["prompt_tokens"] == rows["prompt_tokens"].sum()
         assert entry["completion_tokens"] == rows["completion_tokens"].sum()
         assert entry["cost_usd"] == pytest.approx(rows["cost_usd"].sum())
-        assert 0 < entry["latency_p50_s"] <= entry["latency_p95_s"] <= rows["latency_s"].max()
+        latency = rows["latency_s"]
+        assert entry["latency_p50_s"] == pytest.approx(latency.quantile(0.5, "linear"), abs=5e-4)
+        assert entry["latency_p95_s"] == pytest.approx(latency.quantile(0.95, "linear"), abs=5e-4)
+        assert 0 < entry["latency_p50_s"] <= entry["latency_p95_s"]
     assert entries[0]["cost_usd"] != entries[1]["cost_usd"]  # qwen-max and qwen3-max have their own prices
     assert sum(e["prompt_tokens"] for e in entries) == summary["prompt_tokens"]
 
@@ -248,3 +252,24 @@ def test_a_budget_needs_a_price_for_every_swept_model(
     assert result.exit_code == 2
     assert "'my-finetune'" in result.stderr
     assert sum(server.emulator.requests_by_status.values()) == 0
+
+
+def test_variants_take_turns_slice_by_slice(
+    write_job: WriteJob, reviews: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The input is read once; each slice goes out once per variant before the next slice is read."""
+    monkeypatch.setattr(sweep, "SLICE_ROWS", 30)  # 15 rows a slice for 2 variants: slices of 15, 15, 10
+    monkeypatch.setattr(sweep, "MIN_SLICE_ROWS", 1)
+    job = load_job(write_job(URL, '\n[matrix]\nmodel = ["qwen3-max", "qwen-max"]\n'))
+    pieces = list(sweep.prompt_set(job).slices())
+    ids = pl.read_ndjson(reviews)["id"].to_list()
+    assert [(p.part, p.frame["id"][0], p.frame.height) for p in pieces] == [
+        ("v0000-", ids[0], 15),
+        ("v0001-", ids[0], 15),
+        ("v0000-", ids[15], 15),
+        ("v0001-", ids[15], 15),
+        ("v0000-", ids[30], 10),
+        ("v0001-", ids[30], 10),
+    ]
+    models = {p.part: {item.body["model"] for item in p.items if isinstance(item, Request)} for p in pieces}
+    assert models == {"v0000-": {"qwen3-max"}, "v0001-": {"qwen-max"}}
