@@ -172,3 +172,11 @@ def test_an_api_key_variable_cannot_be_expanded_into_the_request_or_output(
         assert "sk-secret" not in str(info.value)
     headers = provider(body + '\nheaders = { api-key = "${MY_KEY}" }')
     assert load_job(write_job(URL, header=headers)).provider.headers == {"api-key": "sk-secret-123"}
+
+
+def test_started_can_be_set_to_resume_or_backfill_an_earlier_day(write_job: WriteJob, tmp_path: Path) -> None:
+    """`--set started=2026-11-22` points `{date}` at that day, so yesterday's stopped run can be resumed."""
+    path = write_job(URL, '\n[output]\npath = "out/{date}.parquet"\n', header=provider())
+    assert load_job(path, ["started=2026-11-22"]).output_path == tmp_path / "out" / "2026-11-22.parquet"
+    with pytest.raises(JobFileError, match="started: Input should be a valid datetime"):
+        load_job(path, ["started=yesterday"])
