@@ -132,7 +132,8 @@ class Job(_Section):
     output: OutputSection = OutputSection()
     matrix: dict[str, list[Any]] = Field(default_factory=dict)  # a sweep: see batchrun.matrix
     source: Path | None = Field(default=None, exclude=True)
-    started: datetime = Field(default_factory=datetime.now, exclude=True)  # fills {date} and {datetime}
+    # The run's start: fills {date} and {datetime}. `--set started=2026-11-22` resumes or backfills that day.
+    started: datetime = Field(default_factory=datetime.now, exclude=True)
 
     @field_validator("matrix", mode="before")
     @classmethod
