@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from batchrun.inputs import PromptSet
 from batchrun.job import Job
 from batchrun.pricing import PriceBook
 from batchrun.records import Request, Usage
 from batchrun.store import RunStore
+from batchrun.sweep import SweepPromptSet, prompt_set
 
 DEFAULT_OUTPUT_TOKENS = 256  # per row, when the job sets no max_tokens: a guess, and said to be one
 
@@ -28,6 +28,7 @@ class Estimate:
     price_source: str | None
     duration_s: float
     duration_basis: str
+    variants: int = 1  # a sweep's combinations: rows counts every input row once per variant
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -42,6 +43,7 @@ class Estimate:
             "price_source": self.price_source,
             "duration_s": round(self.duration_s, 1),
             "duration_basis": self.duration_basis,
+            "variants": self.variants,
         }
 
     def lines(self) -> list[str]:
@@ -56,6 +58,8 @@ class Estimate:
             "max_tokens per row" if self.output_bounded else f"a guess of {DEFAULT_OUTPUT_TOKENS} per row"
         )
         reused = f", {self.reused:,} answered by an earlier run" if self.reused else ""
+        if self.variants > 1:
+            reused += f"; {self.rows // self.variants:,} input rows x {self.variants} variants"
         return [
             f"rows:          {self.rows:,} ({self.to_send:,} to send{reused})",
             f"input tokens:  about {self.input_tokens:,} (from text length)",
@@ -67,7 +71,7 @@ class Estimate:
 
 def estimate_job(job: Job, *, limit: int | None = None, latency_s: float = 2.0) -> Estimate:
     """Read and render the whole prompt set (sending nothing) and add up what the run would take."""
-    prompts = PromptSet(job, limit=limit)
+    prompts = prompt_set(job, limit=limit)
     done = RunStore(job.output_path).finished_ids().implode()
     prices = PriceBook(
         input=job.pricing.input, output=job.pricing.output, cached_input=job.pricing.cached_input
@@ -110,6 +114,7 @@ def estimate_job(job: Job, *, limit: int | None = None, latency_s: float = 2.0) 
         price_source="; ".join(sorted(sources)) or None,
         duration_s=duration,
         duration_basis=basis,
+        variants=len(prompts.variants) if isinstance(prompts, SweepPromptSet) else 1,
     )
 
 

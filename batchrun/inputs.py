@@ -37,6 +37,7 @@ class Slice:
 
     frame: pl.DataFrame
     items: list[Request | Result]
+    part: str = ""  # prefix of the slice's input part in the run folder: orders a sweep's variants
 
 
 class Template:
@@ -157,6 +158,11 @@ class PromptSet:
 
     def slices(self) -> Iterator[Slice]:
         """The input in order, a slice at a time, each with its rendered requests."""
+        for frame, first_row in self.frames():
+            yield self.render(frame, first_row)
+
+    def frames(self) -> Iterator[tuple[pl.DataFrame, int]]:
+        """The input in order, a slice at a time, each with the number of its first row."""
         import polars as pl
 
         row = 0
@@ -165,14 +171,16 @@ class PromptSet:
             for frame in batches:
                 if frame.height == 0:
                     continue
-                if self.batch_lines:
-                    out = self._render_batch_lines(frame, row)
-                else:
-                    out = self._render_rows(frame, row)
+                yield frame, row
                 row += frame.height
-                yield out
         except (pl.exceptions.PolarsError, OSError) as exc:  # a row polars cannot parse halfway through
             raise InputError(self.path, f"cannot read the input after row {row}: {exc}") from None
+
+    def render(self, frame: pl.DataFrame, first_row: int) -> Slice:
+        """One slice of the input rendered into requests (or error results for rows that cannot be sent)."""
+        if self.batch_lines:
+            return self._render_batch_lines(frame, first_row)
+        return self._render_rows(frame, first_row)
 
     def _render_rows(self, frame: pl.DataFrame, first_row: int) -> Slice:
         import polars as pl

@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from batchrun import matrix, paths
+from batchrun.envvars import check_no_keys, expand_env
 from batchrun.errors import JobFileError
 from batchrun.providers.presets import PRESETS
 
@@ -104,9 +107,15 @@ class CacheSection(_Section):
 
 
 class OutputSection(_Section):
-    """`[output]`: where the result Parquet goes; `{job}` is replaced by the job's name."""
+    """`[output]`: where the result Parquet goes; `{job}`, `{date}` and `{datetime}` are filled per run."""
 
     path: Path = Path("out/{job}.parquet")
+
+    @field_validator("path")
+    @classmethod
+    def _known_placeholders(cls, value: Path) -> Path:
+        paths.check_template(str(value))
+        return value
 
 
 class Job(_Section):
@@ -121,7 +130,15 @@ class Job(_Section):
     pricing: PricingSection = PricingSection()
     cache: CacheSection = CacheSection()
     output: OutputSection = OutputSection()
+    matrix: dict[str, list[Any]] = Field(default_factory=dict)  # a sweep: see batchrun.matrix
     source: Path | None = Field(default=None, exclude=True)
+    # The run's start: fills {date} and {datetime}. `--set started=2026-11-22` resumes or backfills that day.
+    started: datetime = Field(default_factory=datetime.now, exclude=True)
+
+    @field_validator("matrix", mode="before")
+    @classmethod
+    def _flat_matrix(cls, value: Any) -> dict[str, list[Any]]:
+        return matrix.normalize(value)
 
     @model_validator(mode="after")
     def _check_params(self) -> Job:
@@ -132,14 +149,14 @@ class Job(_Section):
         if self.params.get("stream"):
             raise ValueError("params.stream = true is not supported yet: remove it (replies are read whole)")
         uses_prompt = self.prompt.template is not None or self.prompt.messages_column is not None
-        if uses_prompt and not self.provider.model:
+        if uses_prompt and not self.provider.model and "provider.model" not in self.matrix:
             raise ValueError("[provider] model is required (the request's model)")
         return self
 
     @property
     def output_path(self) -> Path:
-        """The output file, with `{job}` filled in."""
-        return Path(str(self.output.path).replace("{job}", self.name))
+        """The output file, with `{job}`, `{date}` and `{datetime}` filled in (as of the run's start)."""
+        return paths.fill(self.output.path, job=self.name, started=self.started)
 
 
 def load_job(
@@ -165,6 +182,7 @@ def load_job(
     except tomllib.TOMLDecodeError as exc:
         raise JobFileError(path, f"not valid TOML: {exc}") from None
 
+    env_used = expand_env(raw, path)
     _resolve_paths(raw, path.resolve().parent)
     raw.setdefault("name", path.stem)
     cli_values: dict[str, Any] = {}
@@ -180,12 +198,41 @@ def load_job(
         if tuple(key.split(".")) in PATH_KEYS:
             _set_dotted(raw, key, str((cwd / Path(str(value)).expanduser()).resolve()), path)
 
+    if "provider.preset" in cli_values:
+        _drop_endpoint(raw, cli_values)
     _apply_preset(raw, path)
+    if env_used:
+        check_no_keys(env_used, _key_vars(raw), path)
     try:
         job = Job.model_validate({**raw, "source": path})
     except ValidationError as exc:
         raise JobFileError(path, _format_validation_error(exc)) from None
+    if job.matrix:
+        from batchrun.sweep import variants  # imports this module
+
+        variants(job)  # validates every combination now, before anything is sent
     return job
+
+
+def _key_vars(raw: dict[str, Any]) -> set[str]:
+    """Variables that hold API keys: the job's `api_key_env` and every preset's."""
+    names = {p.api_key_env for p in PRESETS.values() if p.api_key_env}
+    provider = raw.get("provider")
+    if isinstance(provider, dict) and isinstance(provider.get("api_key_env"), str):
+        names.add(provider["api_key_env"])
+    return names
+
+
+def _drop_endpoint(raw: dict[str, Any], cli_values: dict[str, Any]) -> None:
+    """A preset given with --set replaces the file's endpoint: its kind, base_url and key variable go.
+
+    So `--set provider.preset=emulator` runs any job against the emulator, whatever the file names.
+    """
+    provider = raw.get("provider")
+    if isinstance(provider, dict):
+        for key in ("kind", "base_url", "api_key_env", "api_key_required"):
+            if f"provider.{key}" not in cli_values:
+                provider.pop(key, None)
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:

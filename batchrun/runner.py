@@ -36,6 +36,7 @@ from batchrun.records import Reply, Request, Result, Usage
 from batchrun.retry import BackoffWait, retrying
 from batchrun.store import RunStore
 from batchrun.summary import Summary, summarize
+from batchrun.sweep import prompt_set, request_models
 from batchrun.transport import Answer, Sender, Timeouts, make_transport
 
 WRITE_BATCH = 1_000  # results journaled in one write at most
@@ -85,16 +86,18 @@ def run_job(
 async def _run_async(
     job: Job, limit: int | None, fresh: bool, transport: httpx.AsyncBaseTransport | None
 ) -> Summary:
-    prompts = PromptSet(job, limit=limit)
+    prompts = prompt_set(job, limit=limit)
     key = api_key(job)
     prices = PriceBook(
         input=job.pricing.input, output=job.pricing.output, cached_input=job.pricing.cached_input
     )
-    if job.limits.max_cost_usd is not None and prices.price(job.provider.model) is None:
-        raise UsageError(
-            f"{job.source}: [limits] max_cost_usd needs a price, and none is known for model "
-            f"{job.provider.model!r}: set [pricing] input and output"
-        )
+    if job.limits.max_cost_usd is not None:
+        for model in request_models(job):  # a sweep's every model needs its price
+            if prices.price(model) is None:
+                raise UsageError(
+                    f"{job.source}: [limits] max_cost_usd needs a price, and none is known for model "
+                    f"{model!r}: set [pricing] input and output"
+                )
     cache = None
     if job.cache.enabled:
         cache = ResponseCache(job.cache.path, kind=job.provider.kind, base_url=cache_scope(job))
@@ -157,7 +160,7 @@ class Runner:
         if self.stop_reason is not None:
             raise StopRun(self.stop_reason)
         output = await anyio.to_thread.run_sync(self.store.assemble)
-        return summarize(output, counters=self.counters, wall_s=wall_s)
+        return summarize(output, counters=self.counters, wall_s=wall_s, sweep=bool(self.job.matrix))
 
     async def _send_all(self, transport: httpx.AsyncBaseTransport | None) -> None:
         concurrency = self.job.limits.concurrency
@@ -211,7 +214,7 @@ class Runner:
         async with requests, results:
             done = self.store.finished_ids().implode()
             for piece in self.prompts.slices():
-                self.store.write_input(piece.frame)
+                self.store.write_input(piece.frame, piece.part)
                 finished = piece.frame.get_column("custom_id").is_in(done).to_list()
                 pending: list[Request] = []
                 for item, skip in zip(piece.items, finished, strict=True):

@@ -94,10 +94,13 @@ class RunStore:
 
         return float(self._latest().select(pl.col("cost_usd").sum()).collect().item() or 0.0)
 
-    def write_input(self, frame: pl.DataFrame) -> None:
-        """Keep one slice of the input (its columns plus `custom_id`) for the final join."""
+    def write_input(self, frame: pl.DataFrame, part: str = "") -> None:
+        """Keep one slice of the input (its columns plus `custom_id`) for the final join.
+
+        Parts join in the order of their names: `part` (a sweep's variant) first, then arrival.
+        """
         self._input_parts += 1
-        path = self.dir / f"input-{self._input_parts:06d}.parquet"
+        path = self.dir / f"input-{part}{self._input_parts:06d}.parquet"
         tmp = path.with_name(path.name + ".tmp")
         frame.write_parquet(tmp, compression="zstd", statistics=False)
         os.replace(tmp, path)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchrun.compare import VariantStats, compare_variants, variant_lines
+
 if TYPE_CHECKING:
     from batchrun.runner import Counters
 
@@ -27,6 +29,7 @@ class Summary:
     sent: int = 0  # HTTP requests this run, retries included
     reused: int = 0  # rows answered by an earlier run of the same job
     cached: int = 0  # rows answered from the response cache
+    variants: tuple[VariantStats, ...] = ()  # a sweep's variants side by side (batchrun.compare)
 
     @property
     def exit_code(self) -> int:
@@ -55,6 +58,7 @@ class Summary:
             "requests_sent": self.sent,
             "rows_reused": self.reused,
             "rows_cached": self.cached,
+            **({"variants": [v.as_dict() for v in self.variants]} if self.variants else {}),
         }
 
     def lines(self) -> list[str]:
@@ -76,11 +80,12 @@ class Summary:
             f"tokens:  {self.prompt_tokens:,} in, {self.completion_tokens:,} out",
             f"cost:    {cost}",
             f"time:    {self.wall_s:,.1f} s, {self.rows_per_s:,.1f} rows/s, {self.sent:,} requests sent",
+            *variant_lines(self.variants),
         ]
 
 
-def summarize(output: Path, *, counters: Counters, wall_s: float) -> Summary:
-    """Aggregate the output file's status, token and cost columns."""
+def summarize(output: Path, *, counters: Counters, wall_s: float, sweep: bool = False) -> Summary:
+    """Aggregate the output file's status, token and cost columns (and per variant, for a `sweep`)."""
     import polars as pl
 
     frame = pl.scan_parquet(output)
@@ -119,4 +124,5 @@ def summarize(output: Path, *, counters: Counters, wall_s: float) -> Summary:
         cached=int(totals["cached"] or 0),
         sent=counters.sent,
         reused=counters.reused,
+        variants=compare_variants(frame) if sweep else (),
     )
