@@ -16,7 +16,9 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import anyio
 import httpx
@@ -25,17 +27,18 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from batchrun.cache import ResponseCache
 from batchrun.endpoint import api_key, cache_scope, open_endpoint
-from batchrun.errors import ErrorClass, ProviderError, StopRun, UsageError
+from batchrun.errors import BatchrunError, ErrorClass, ProviderError, StopRun, UsageError
 from batchrun.inputs import PromptSet
 from batchrun.job import Job
 from batchrun.limits import Budget
 from batchrun.pacing import Limiter
 from batchrun.pricing import PriceBook
+from batchrun.progress import Observer, Snapshot, watch
 from batchrun.providers import Provider, make_provider
 from batchrun.records import Reply, Request, Result, Usage
 from batchrun.retry import retrying
 from batchrun.store import RunStore
-from batchrun.summary import Summary, summarize
+from batchrun.summary import Summary, failure_summary, summarize, summary_path, write_summary_json
 from batchrun.transport import Sender, Timeouts, make_transport
 
 WRITE_BATCH = 1_000  # results journaled in one write at most
@@ -54,12 +57,18 @@ class Counters:
     reused: int = 0
     cached: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
 
     def add(self, result: Result) -> None:
         """Count one finished row."""
         if result.ok:
             self.ok += 1
             self.cached += result.cached
+            self.prompt_tokens += result.prompt_tokens or 0
+            self.completion_tokens += result.completion_tokens or 0
+            self.cost_usd += result.cost_usd or 0.0
         else:
             self.failed += 1
             key = result.error_type or "error"
@@ -72,18 +81,35 @@ def run_job(
     limit: int | None = None,
     fresh: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
+    observers: Sequence[Observer] = (),
 ) -> Summary:
     """Run `job` to the end (or to a stop) and return its summary; the library's entry point.
 
     Raises `UsageError` before anything is sent when the job, input or environment is wrong, and `StopRun`
-    when the run had to stop early (its message says why; a rerun resumes). `transport` replaces the
-    network, for tests.
+    when the run had to stop early (its message says why; a rerun resumes). Either way the outcome is
+    written to the summary file beside the output (`summary_path`), for schedulers. `transport` replaces
+    the network, for tests; `observers` see the run's progress (see `batchrun.progress`).
     """
-    return anyio.run(_run_async, job, limit, fresh, transport)
+    started = _now()
+    try:
+        summary = anyio.run(_run_async, job, limit, fresh, transport, tuple(observers))
+    except BatchrunError as exc:
+        outcome = failure_summary(job.name, job.output_path, exc.exit_code, str(exc))
+        write_summary_json(
+            summary_path(job.output_path), outcome | {"started_at": started, "ended_at": _now()}
+        )
+        raise
+    data = summary.as_dict() | {"started_at": started, "ended_at": _now()}
+    write_summary_json(summary_path(job.output_path), data)
+    return summary
 
 
 async def _run_async(
-    job: Job, limit: int | None, fresh: bool, transport: httpx.AsyncBaseTransport | None
+    job: Job,
+    limit: int | None,
+    fresh: bool,
+    transport: httpx.AsyncBaseTransport | None,
+    observers: tuple[Observer, ...],
 ) -> Summary:
     prompts = PromptSet(job, limit=limit)
     key = api_key(job)
@@ -101,7 +127,7 @@ async def _run_async(
     try:
         with open_endpoint(job) as base_url:
             provider = make_provider(job.provider.kind, base_url, key, job.provider.headers)
-            runner = Runner(job, prompts, provider, RunStore(job.output_path), prices, cache)
+            runner = Runner(job, prompts, provider, RunStore(job.output_path), prices, cache, observers)
             return await runner.run(fresh=fresh, transport=transport)
     finally:
         if cache is not None:
@@ -119,6 +145,7 @@ class Runner:
         store: RunStore,
         prices: PriceBook,
         cache: ResponseCache | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.job = job
         self.prompts = prompts
@@ -126,6 +153,8 @@ class Runner:
         self.store = store
         self.prices = prices
         self.cache = cache
+        self.observers = tuple(observers)
+        self._started = time.monotonic()
         limits = job.limits
         self.limiter = Limiter(
             concurrency=limits.concurrency,
@@ -143,7 +172,7 @@ class Runner:
 
     async def run(self, *, fresh: bool = False, transport: httpx.AsyncBaseTransport | None = None) -> Summary:
         """Send, journal, assemble the output; return the summary. Raises `StopRun` on an early stop."""
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         self.store.open(fresh=fresh)
         try:
             cap = self.job.limits.max_cost_usd
@@ -157,7 +186,29 @@ class Runner:
         if self.stop_reason is not None:
             raise StopRun(self.stop_reason)
         output = await anyio.to_thread.run_sync(self.store.assemble)
-        return summarize(output, counters=self.counters, wall_s=wall_s)
+        return summarize(output, counters=self.counters, wall_s=wall_s, job=self.job.name)
+
+    def snapshot(self) -> Snapshot:
+        """The run's counters and limiter state now, for a progress display (read-only, cheap)."""
+        counters, limiter = self.counters, self.limiter
+        adaptive = limiter.adaptive
+        return Snapshot(
+            elapsed_s=time.monotonic() - self._started,
+            ok=counters.ok,
+            failed=counters.failed,
+            reused=counters.reused,
+            sent=counters.sent,
+            in_flight=self.in_flight,
+            prompt_tokens=counters.prompt_tokens,
+            completion_tokens=counters.completion_tokens,
+            cost_usd=counters.cost_usd,
+            errors=dict(counters.errors),
+            cooldown_s=limiter.cooldown_left_s,
+            concurrency=adaptive.concurrency if adaptive is not None else None,
+            max_concurrency=self.job.limits.concurrency,
+            pace_per_s=adaptive.rate_per_s if adaptive is not None else None,
+            stopping=self._draining,
+        )
 
     async def _send_all(self, transport: httpx.AsyncBaseTransport | None) -> None:
         concurrency = self.job.limits.concurrency
@@ -168,6 +219,9 @@ class Runner:
         async with transport, anyio.create_task_group() as tg:
             tg.start_soon(self._writer, results_rx)
             signal_scope = await tg.start(self._watch_signals)
+            progress_scope = anyio.CancelScope()
+            if self.observers:
+                progress_scope = await tg.start(watch, self.snapshot, self.prompts.count_rows, self.observers)
             async with results_tx, anyio.create_task_group() as send_group:
                 self._send_scope = send_group.cancel_scope
                 send_group.start_soon(self._producer, requests_tx, results_tx.clone())
@@ -175,6 +229,7 @@ class Runner:
                     send_group.start_soon(self._worker, sender, requests_rx.clone(), results_tx.clone())
                 requests_rx.close()
             signal_scope.cancel()
+            progress_scope.cancel()
 
     async def _watch_signals(self, *, task_status: TaskStatus[anyio.CancelScope]) -> None:
         """First SIGINT/SIGTERM: stop sending, give requests in flight a grace period. Second: stop now.
@@ -397,3 +452,7 @@ def _fatal_message(job: Job, exc: ProviderError) -> str:
         "outage": "The provider is down: rerun later to resume.",
     }
     return f"{head}\n{fixes.get(exc.error_type, 'Fix the cause, then rerun.')}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
