@@ -151,6 +151,13 @@ class Limiter:
         return max(0.0, self._cool_until - time.monotonic())
 
     @property
+    def header_pace_per_s(self) -> float | None:
+        """The pace a provider's rate-limit headers set, while it holds; None otherwise."""
+        if self._header_pace is None or time.monotonic() >= self._header_pace_until:
+            return None
+        return self._header_pace.rate_per_s
+
+    @property
     def cooling_down(self) -> bool:
         """True while the run is paused after a rate limit."""
         return self._cool_until > time.monotonic()

@@ -49,6 +49,8 @@ class Snapshot:
     concurrency: int | None = None  # the adaptive window, when the limit is being discovered
     max_concurrency: int = 0
     pace_per_s: float | None = None  # the adaptive pacing rate, once a 429 has set one
+    header_pace_per_s: float | None = None  # the pace rate-limit headers asked for, while it holds
+    down_s: float | None = None  # how long the provider has failed every request (the breaker is open)
     stopping: bool = False  # an interrupt or the budget: no new requests
 
     @property
@@ -120,8 +122,12 @@ def limiter_state(snap: Snapshot) -> str:
         state = f"concurrency {snap.max_concurrency}"
     if snap.pace_per_s is not None:
         state += f", pace {snap.pace_per_s:,.1f}/s"
+    if snap.header_pace_per_s is not None:
+        state += f", paced by headers {snap.header_pace_per_s:,.1f}/s"
     if snap.cooldown_s > 0:
         state += f", cooling down {snap.cooldown_s:.1f} s"
+    if snap.down_s is not None:
+        state += f", provider down {snap.down_s:.0f} s"
     return state
 
 
@@ -174,7 +180,8 @@ class LiveDisplay:
             Text(" · ".join(phrases[:3])),
         )
         lines: list[Any] = [head, Text(" · ".join(phrases[3:6]), style="dim")]
-        lines.append(Text("limiter: " + phrases[6], style="yellow" if snap.cooldown_s > 0 else "dim"))
+        waiting = snap.cooldown_s > 0 or snap.down_s is not None
+        lines.append(Text("limiter: " + phrases[6], style="yellow" if waiting else "dim"))
         if snap.errors:
             lines.append(Text(phrases[7], style="red"))
         if snap.stopping:

@@ -207,6 +207,8 @@ class Runner:
             concurrency=adaptive.concurrency if adaptive is not None else None,
             max_concurrency=self.job.limits.concurrency,
             pace_per_s=adaptive.rate_per_s if adaptive is not None else None,
+            header_pace_per_s=limiter.header_pace_per_s,
+            down_s=limiter.breaker.down_s if limiter.breaker.is_open else None,
             stopping=self._draining,
         )
 

@@ -207,6 +207,7 @@ def summarize(
             completion_tokens=pl.col("completion_tokens").sum(),
             cost_usd=pl.col("cost_usd").sum(),
             priced=pl.col("cost_usd").is_not_null().sum(),
+            priced_ok=(ok & pl.col("cost_usd").is_not_null()).sum(),
             cached=pl.col("cached").sum() if "cached" in names else pl.lit(0),
             **_latency_exprs(),
         )
@@ -233,7 +234,7 @@ def summarize(
         prompt_tokens=int(totals["prompt_tokens"] or 0),
         completion_tokens=int(totals["completion_tokens"] or 0),
         cost_usd=float(totals["cost_usd"]) if totals["priced"] else None,
-        rows_without_cost=ok_rows - int(totals["priced"]),
+        rows_without_cost=ok_rows - int(totals["priced_ok"]),
         wall_s=wall_s,
         cached=int(totals["cached"] or 0),
         sent=counters.sent if counters is not None else None,

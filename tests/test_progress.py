@@ -74,15 +74,15 @@ def test_progress_phrases_name_rate_eta_tokens_cost_limiter_and_errors() -> None
     snap = Snapshot(
         elapsed_s=10.0, ok=350, failed=40, reused=10, sent=500, in_flight=7, prompt_tokens=1_500_000,
         completion_tokens=2_500, cost_usd=1.25, errors={"rate_limited": 30, "server_error": 10},
-        cooldown_s=2.5, concurrency=12, max_concurrency=64, pace_per_s=48.0,
+        cooldown_s=2.5, concurrency=12, max_concurrency=64, pace_per_s=48.0, down_s=31.0,
     )  # fmt: skip
     assert eta_s(snap, 1000, 50.0) == pytest.approx(12.0)
     assert eta_s(snap, None, 50.0) is None
     text = "; ".join(describe(snap, 1000, 50.0))
     assert text == (
         "400/1,000 rows (40%); 50.0 rows/s; ETA 0:12; tokens 1.5M in, 2.5k out; $1.2500; "
-        "7 in flight, 500 sent; concurrency 12/64 (adaptive), pace 48.0/s, cooling down 2.5 s; "
-        "errors rate_limited 30, server_error 10"
+        "7 in flight, 500 sent; concurrency 12/64 (adaptive), pace 48.0/s, cooling down 2.5 s, "
+        "provider down 31 s; errors rate_limited 30, server_error 10"
     )
 
 
@@ -191,3 +191,23 @@ def test_a_bad_input_writes_an_error_summary_and_exit_2(
     assert (summary["status"], summary["exit_code"]) == ("error", 2)
     assert KEY_ENV in summary["message"]
     assert "end: exit 2 (bad job file, input or flags)" in (job.parent / "out" / "test.log").read_text()
+
+
+def test_with_a_live_display_log_lines_print_through_it_and_progress_lines_go_to_the_file_only(
+    tmp_path: Path,
+) -> None:
+    """Under a live display a warning still reaches stderr; `progress:` lines reach only the log file."""
+    stream = io.StringIO()
+    path = tmp_path / "run.log"
+    with runlog.stderr_logging(stream, quiet=False) as stderr, runlog.file_logging(path, secret=None):
+        with runlog.progress(stderr, stream, quiet=False, interval_s=1.0, live=True) as observers:
+            assert [type(o).__name__ for o in observers] == ["LiveDisplay", "LogLines"]
+            logging.getLogger("batchrun").warning("provider answering again")
+            logging.getLogger("batchrun.progress").info("progress: 1/2 rows")
+        logging.getLogger("batchrun").info("after the display")
+    shown, logged = stream.getvalue(), path.read_text()
+    assert "batchrun: provider answering again" in shown
+    assert "progress: 1/2 rows" not in shown
+    assert "batchrun: after the display" in shown
+    assert "progress: 1/2 rows" in logged
+    assert "provider answering again" in logged
