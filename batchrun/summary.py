@@ -198,39 +198,27 @@ def summarize(
 
     frame = pl.scan_parquet(output)
     names = frame.collect_schema().names()
-    ok = pl.col("status") == "ok"
-    totals = (
-        frame.select(
-            rows=pl.len(),
-            ok=ok.sum(),
-            prompt_tokens=pl.col("prompt_tokens").sum(),
-            completion_tokens=pl.col("completion_tokens").sum(),
-            cost_usd=pl.col("cost_usd").sum(),
-            priced=pl.col("cost_usd").is_not_null().sum(),
-            priced_ok=(ok & pl.col("cost_usd").is_not_null()).sum(),
-            cached=pl.col("cached").sum() if "cached" in names else pl.lit(0),
-            **_latency_exprs(),
-        )
-        .collect()
-        .row(0, named=True)
-    )
-    errors = (
-        frame.filter(~ok | pl.col("status").is_null())
+    status = pl.col("status")
+    cached = pl.col("cached").sum() if "cached" in names else pl.lit(0)
+    queries = [
+        frame.select(**_aggregates(), cached=cached),
+        frame.filter((status != "ok") | status.is_null())
         .group_by(pl.col("error_type").fill_null("not_run"))
-        .len()
-        .collect()
-        .rows()
-    )
-    by_variant: tuple[Group, ...] = ()
+        .len(),
+        _grouped(frame, pl.col("model").fill_null("(no reply)")),
+    ]
     if VARIANT_COLUMN in names:
-        by_variant = _groups(frame, pl.col(VARIANT_COLUMN).cast(pl.String).fill_null("(none)"))
+        queries.append(_grouped(frame, pl.col(VARIANT_COLUMN).cast(pl.String).fill_null("(none)")))
+    # One go: polars runs the queries together, sharing the scan where it can; no other column is read.
+    totals_frame, errors, *groups = pl.collect_all(queries)
+    totals = totals_frame.row(0, named=True)
     rows, ok_rows = int(totals["rows"]), int(totals["ok"] or 0)
     return Summary(
         output=output,
         rows=rows,
         ok=ok_rows,
         failed=rows - ok_rows,
-        errors={str(k): int(v) for k, v in errors},
+        errors={str(k): int(v) for k, v in errors.iter_rows()},
         prompt_tokens=int(totals["prompt_tokens"] or 0),
         completion_tokens=int(totals["completion_tokens"] or 0),
         cost_usd=float(totals["cost_usd"]) if totals["priced"] else None,
@@ -240,8 +228,8 @@ def summarize(
         sent=counters.sent if counters is not None else None,
         reused=counters.reused if counters is not None else None,
         latency=_latency(totals),
-        by_model=_groups(frame, pl.col("model").fill_null("(no reply)")),
-        by_variant=by_variant,
+        by_model=_groups(groups[0]),
+        by_variant=_groups(groups[1]) if len(groups) > 1 else (),
         job=job,
     )
 
@@ -298,23 +286,29 @@ def _latency(row: dict[str, Any]) -> Latency:
     return Latency(p50=row["p50"], p95=row["p95"], max=row["max"])
 
 
-def _groups(frame: pl.LazyFrame, key: pl.Expr) -> tuple[Group, ...]:
+def _aggregates() -> dict[str, pl.Expr]:
+    """Counts, tokens, cost and latency of a set of rows: the whole file, or one model or variant."""
     import polars as pl
 
-    grouped = (
-        frame.group_by(key.alias("name"))
-        .agg(
-            rows=pl.len(),
-            ok=(pl.col("status") == "ok").sum(),
-            prompt_tokens=pl.col("prompt_tokens").sum(),
-            completion_tokens=pl.col("completion_tokens").sum(),
-            cost_usd=pl.col("cost_usd").sum(),
-            priced=pl.col("cost_usd").is_not_null().sum(),
-            **_latency_exprs(),
-        )
-        .sort("name")
-        .collect()
-    )
+    ok = pl.col("status") == "ok"
+    priced = pl.col("cost_usd").is_not_null()
+    return {
+        "rows": pl.len(),
+        "ok": ok.sum(),
+        "prompt_tokens": pl.col("prompt_tokens").sum(),
+        "completion_tokens": pl.col("completion_tokens").sum(),
+        "cost_usd": pl.col("cost_usd").sum(),
+        "priced": priced.sum(),
+        "priced_ok": (ok & priced).sum(),
+        **_latency_exprs(),
+    }
+
+
+def _grouped(frame: pl.LazyFrame, key: pl.Expr) -> pl.LazyFrame:
+    return frame.group_by(key.alias("name")).agg(**_aggregates()).sort("name")
+
+
+def _groups(grouped: pl.DataFrame) -> tuple[Group, ...]:
     return tuple(
         Group(
             name=str(row["name"]),
