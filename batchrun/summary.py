@@ -64,17 +64,25 @@ class Group:
         """Rows without an answer."""
         return self.rows - self.ok
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain data for JSON."""
+    @property
+    def ok_rate(self) -> float:
+        """Share of the rows that are ok, 0-1."""
+        return self.ok / self.rows if self.rows else 0.0
+
+    def as_dict(self, key: str) -> dict[str, Any]:
+        """Plain data for JSON, the group's name under `key` (`model`, `variant`)."""
         return {
-            "name": self.name,
+            key: self.name,
             "rows": self.rows,
             "ok": self.ok,
             "failed": self.failed,
+            "ok_rate": round(self.ok_rate, 4),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost_usd": self.cost_usd,
-            "latency": self.latency.as_dict(),
+            "latency_p50_s": _round(self.latency.p50),
+            "latency_p95_s": _round(self.latency.p95),
+            "latency_max_s": _round(self.latency.max),
         }
 
 
@@ -97,7 +105,7 @@ class Summary:
     cached: int = 0  # rows answered from the response cache
     latency: Latency = field(default_factory=Latency)
     by_model: tuple[Group, ...] = ()
-    by_variant: tuple[Group, ...] = ()  # empty unless the output has a `variant` column
+    by_variant: tuple[Group, ...] = ()  # a sweep's variants in output order; () without a `variant` column
     job: str | None = None
 
     @property
@@ -134,8 +142,9 @@ class Summary:
             "requests_sent": self.sent,
             "rows_reused": self.reused,
             "rows_cached": self.cached,
-            "by_model": [g.as_dict() for g in self.by_model],
-            "by_variant": [g.as_dict() for g in self.by_variant],
+            "by_model": [g.as_dict("model") for g in self.by_model],
+            # Only for a sweep, as `batchrun.compare` had it: scripts test for the key.
+            **({"variants": [g.as_dict("variant") for g in self.by_variant]} if self.by_variant else {}),
         }
 
     def lines(self) -> list[str]:
@@ -172,17 +181,27 @@ class Summary:
 
 
 def variant_table(groups: tuple[Group, ...]) -> list[str]:
-    """A sweep's variants side by side: rows, failures, tokens, cost and latency each."""
-    width = max(7, *(len(g.name) for g in groups))
-    head = f"  {'variant':<{width}}  {'rows':>7}  {'failed':>6}  {'tokens in':>10}  {'out':>9}"
-    lines = ["variants:", head + f"  {'cost':>10}  {'p50 s':>6}  {'p95 s':>6}"]
-    for g in groups:
-        p50 = f"{g.latency.p50:.2f}" if g.latency.p50 is not None else "-"
-        p95 = f"{g.latency.p95:.2f}" if g.latency.p95 is not None else "-"
-        lines.append(
-            f"  {g.name:<{width}}  {g.rows:>7,}  {g.failed:>6,}  {g.prompt_tokens:>10,}  "
-            f"{g.completion_tokens:>9,}  {_money(g.cost_usd):>10}  {p50:>6}  {p95:>6}"
+    """A sweep's variants side by side, one line each: ok, tokens, cost and latency."""
+    header = ("variant", "ok", "tokens in", "tokens out", "cost", "p50 s", "p95 s")
+    table = [header] + [
+        (
+            g.name,
+            f"{g.ok:,}/{g.rows:,} {g.ok_rate:.0%}",
+            f"{g.prompt_tokens:,}",
+            f"{g.completion_tokens:,}",
+            "?" if g.cost_usd is None else f"${g.cost_usd:,.4f}",
+            _seconds(g.latency.p50),
+            _seconds(g.latency.p95),
         )
+        for g in groups
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["variants:"]
+    for row in table:
+        cells = [row[0].ljust(widths[0])] + [
+            cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  " + "  ".join(cells).rstrip())
     return lines
 
 
@@ -208,7 +227,9 @@ def summarize(
         _grouped(frame, pl.col("model").fill_null("(no reply)")),
     ]
     if VARIANT_COLUMN in names:
-        queries.append(_grouped(frame, pl.col(VARIANT_COLUMN).cast(pl.String).fill_null("(none)")))
+        # Variants in output order: the order the job's [matrix] lists them.
+        variant = pl.col(VARIANT_COLUMN).cast(pl.String).fill_null("(none)")
+        queries.append(_grouped(frame, variant, sort=False))
     # One go: polars runs the queries together, sharing the scan where it can; no other column is read.
     totals_frame, errors, *groups = pl.collect_all(queries)
     totals = totals_frame.row(0, named=True)
@@ -304,8 +325,9 @@ def _aggregates() -> dict[str, pl.Expr]:
     }
 
 
-def _grouped(frame: pl.LazyFrame, key: pl.Expr) -> pl.LazyFrame:
-    return frame.group_by(key.alias("name")).agg(**_aggregates()).sort("name")
+def _grouped(frame: pl.LazyFrame, key: pl.Expr, *, sort: bool = True) -> pl.LazyFrame:
+    grouped = frame.group_by(key.alias("name"), maintain_order=not sort).agg(**_aggregates())
+    return grouped.sort("name") if sort else grouped
 
 
 def _groups(grouped: pl.DataFrame) -> tuple[Group, ...]:
@@ -325,6 +347,10 @@ def _groups(grouped: pl.DataFrame) -> tuple[Group, ...]:
 
 def _money(cost: float | None) -> str:
     return f"${cost:,.4f}" if cost is not None else "cost unknown"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _round(value: float | None) -> float | None:

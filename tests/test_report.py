@@ -59,7 +59,10 @@ def test_summary_json_is_written_beside_the_output_and_matches_it(
     assert summary["latency"]["p95_s"] == pytest.approx(latency.quantile(0.95, "linear"), abs=1e-3)
     assert summary["requests_sent"] == 40
     assert summary["rows_per_s"] > 0
-    assert summary["by_model"][0]["name"] == "(no reply)"  # failed rows have no model
+    models = {g["model"]: g for g in summary["by_model"]}
+    assert models["(no reply)"]["rows"] == summary["failed"]  # failed rows have no model
+    assert models["qwen3-max"]["cost_usd"] == pytest.approx(summary["cost_usd"])
+    assert "variants" not in summary  # no sweep, no variant column
     assert summary["ended_at"] >= summary["started_at"]
     printed = json.loads(result.stdout)
     assert printed == {k: v for k, v in summary.items() if k not in ("started_at", "ended_at")}
@@ -143,13 +146,16 @@ def test_report_groups_by_variant_when_the_output_has_one(
     swept_path = tmp_path / "swept.parquet"
     swept.write_parquet(swept_path)
     report = json.loads(cli("report", swept_path, "--json").stdout)
-    variants = {g["name"]: g for g in report["by_variant"]}
-    assert set(variants) == {"t=0", "t=1"}
+    assert [g["variant"] for g in report["variants"]] == ["t=1", "t=0"]  # in output order
+    variants = {g["variant"]: g for g in report["variants"]}
     assert (variants["t=0"]["rows"], variants["t=1"]["rows"]) == (30, 10)
+    assert variants["t=1"]["ok_rate"] == 1.0
     assert variants["t=0"]["cost_usd"] + variants["t=1"]["cost_usd"] == pytest.approx(report["cost_usd"])
+    p50 = swept.filter(pl.col("variant") == "t=1")["latency_s"].quantile(0.5, "linear")
+    assert variants["t=1"]["latency_p50_s"] == pytest.approx(p50, abs=1e-3)
     text = cli("report", swept_path).stdout
     assert "variants:" in text
-    assert re.search(r"^\s+t=1\s+10\s+0\s", text, re.MULTILINE)
+    assert re.search(r"^\s+t=1\s+10/10 100%\s", text, re.MULTILINE)
     page_path = tmp_path / "swept.html"
     cli("report", swept_path, "--html", page_path)
     assert "Cost by variant" in page_path.read_text()
