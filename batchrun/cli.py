@@ -217,7 +217,11 @@ def report(output: Path, as_json: bool, html_path: Path | None, failed: int) -> 
     if html_path is not None:
         from batchrun.htmlreport import write_html
 
-        write_html(result, html_path)
+        try:
+            write_html(result, html_path)
+        except OSError as exc:
+            click.echo(f"batchrun: cannot write {html_path}: {exc.strerror or exc}", err=True)
+            sys.exit(EXIT_USAGE)
     click.echo(json.dumps(result.as_dict(), indent=2, default=str) if as_json else "\n".join(result.lines()))
     if html_path is not None and not as_json:
         click.echo(f"html:    {html_path}")

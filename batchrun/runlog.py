@@ -75,9 +75,17 @@ def stderr_logging(stream: TextIO, *, quiet: bool) -> Iterator[logging.Handler]:
 
 @contextlib.contextmanager
 def file_logging(path: Path, *, secret: str | None) -> Iterator[None]:
-    """Append every `batchrun` log line to `path` while the block runs; `secret` is redacted everywhere."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    """Append every `batchrun` log line to `path` while the block runs; `secret` is redacted everywhere.
+
+    A log file that cannot be written is worth a warning, not the run.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    except OSError as exc:
+        log.warning("cannot write the log file %s (%s); going on without it", path, exc.strerror or exc)
+        yield
+        return
     formatter = logging.Formatter(FILE_FORMAT, datefmt="%Y-%m-%dT%H:%M:%SZ")
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)

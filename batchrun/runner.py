@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import httpx
@@ -95,13 +96,18 @@ def run_job(
         summary = anyio.run(_run_async, job, limit, fresh, transport, tuple(observers))
     except BatchrunError as exc:
         outcome = failure_summary(job.name, job.output_path, exc.exit_code, str(exc))
-        write_summary_json(
-            summary_path(job.output_path), outcome | {"started_at": started, "ended_at": _now()}
-        )
+        _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
         raise
-    data = summary.as_dict() | {"started_at": started, "ended_at": _now()}
-    write_summary_json(summary_path(job.output_path), data)
+    _write_summary(job, summary.as_dict() | {"started_at": started, "ended_at": _now()})
     return summary
+
+
+def _write_summary(job: Job, data: dict[str, Any]) -> None:
+    path = summary_path(job.output_path)
+    try:
+        write_summary_json(path, data)
+    except OSError as exc:  # the output is written: a summary file that cannot be is not worth the run
+        log.warning("cannot write the summary file %s (%s)", path, exc.strerror or exc)
 
 
 async def _run_async(

@@ -211,3 +211,16 @@ def test_with_a_live_display_log_lines_print_through_it_and_progress_lines_go_to
     assert "batchrun: after the display" in shown
     assert "progress: 1/2 rows" in logged
     assert "provider answering again" in logged
+
+
+def test_a_log_file_that_cannot_be_written_is_a_warning_not_a_failure(
+    emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+) -> None:
+    """When out/test.log cannot be opened (here it is a folder), the run warns and finishes all the same."""
+    server = emulator()
+    job = write_job(server.base_url)
+    (job.parent / "out" / "test.log").mkdir(parents=True)
+    result = cli("run", job)
+    assert result.exit_code == 0
+    assert "cannot write the log file" in result.stderr
+    assert "40 ok, 0 failed" in result.stdout
