@@ -98,6 +98,8 @@ def eta_s(snap: Snapshot, total: int | None, rate: float) -> float | None:
 
 def describe(snap: Snapshot, total: int | None, rate: float) -> list[str]:
     """The snapshot as short phrases: rows, rate and ETA; tokens and cost; requests; limiter; errors."""
+    if total is not None and snap.done > total:
+        total = None  # a count that fell short (the input grew meanwhile): no made-up percentage
     rows = (
         f"{snap.done:,}/{total:,} rows ({100 * snap.done / total:.0f}%)" if total else f"{snap.done:,} rows"
     )
