@@ -78,7 +78,7 @@ def _summary_table(report: Report) -> str:
 def _histogram(bins: list[Bin]) -> str:
     """Bars of answer counts per latency bin, with the axis labelled in seconds."""
     top = max(b.count for b in bins) or 1
-    left, bottom = 40, 30
+    left, bottom = 12 + 7 * len(f"{top:,}"), 30  # room for the top count's label
     plot_w, plot_h = CHART_WIDTH - left - 10, CHART_HEIGHT - bottom - 10
     width = plot_w / len(bins)
     bars = []
@@ -96,6 +96,8 @@ def _histogram(bins: list[Bin]) -> str:
         f'<text x="{left + plot_w}" y="{axis_y + 16}" text-anchor="end">{bins[-1].high:.2f} s</text>',
         f'<text x="{left - 4}" y="16" text-anchor="end">{top:,}</text>',
         f'<text x="{left - 4}" y="{axis_y}" text-anchor="end">0</text>',
+        f'<text x="{left + plot_w / 2:.0f}" y="{axis_y + 16}" text-anchor="middle">'
+        "seconds per request</text>",
     ]
     return _svg(
         CHART_HEIGHT,
@@ -115,7 +117,7 @@ def _bars(groups: tuple[Group, ...]) -> str:
         return "<p>No cost known (no price for these models: set [pricing]).</p>"
     top = max(g.cost_usd or 0.0 for g in priced) or 1.0
     label_w = 200
-    plot_w = CHART_WIDTH - label_w - 90
+    plot_w = CHART_WIDTH - label_w - 110  # room for the cost's label after the longest bar
     items = []
     for i, g in enumerate(priced):
         y = 5 + i * (BAR_HEIGHT + 6)
@@ -161,7 +163,7 @@ def _failed_table(report: Report) -> str:
 
 def _svg(height: int, label: str, items: list[str]) -> str:
     return (
-        f'<svg role="img" aria-label="{label}" width="{CHART_WIDTH}" '
+        f'<svg role="img" aria-label="{label}" font-size="11" font-family="sans-serif" width="{CHART_WIDTH}" '
         f'height="{height}" viewBox="0 0 {CHART_WIDTH} {height}">' + "".join(items) + "</svg>"
     )
 
