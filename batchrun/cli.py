@@ -44,6 +44,17 @@ def main() -> None:
     "--fresh", is_flag=True, help="Forget answers journaled by earlier runs and send every row again."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for scripts).")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress and no info lines on stderr: warnings, errors, summary."
+)
+@click.option(
+    "--progress-interval",
+    "interval_s",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between progress lines when stderr is not a terminal (and in the log file).",
+)
 def run(
     job_file: Path,
     input_path: Path | None,
@@ -52,31 +63,83 @@ def run(
     overrides: tuple[str, ...],
     fresh: bool,
     as_json: bool,
+    quiet: bool,
+    interval_s: float,
 ) -> None:
     """Run JOB_FILE: send every row, write the output Parquet, print a summary.
 
+    Progress shows live on a terminal, as a log line every --progress-interval seconds otherwise. Beside the
+    output `out/x.parquet` go `out/x.summary.json` (the summary, or why the run stopped) and `out/x.log`.
+
     Exit codes: 0 every row ok, 1 some rows failed, 2 bad job file / input / flags (nothing sent),
-    3 stopped early (bad key, no balance, interrupt; a rerun resumes).
+    3 stopped early (bad key, no balance, budget, interrupt; a rerun resumes).
     """
+    import os
+
+    from batchrun import runlog
     from batchrun.errors import BatchrunError
     from batchrun.job import load_job
     from batchrun.runner import run_job
 
-    logging.basicConfig(level=logging.INFO, format="batchrun: %(message)s", stream=sys.stderr)
-    try:
-        job = load_job(job_file, overrides, input_path=input_path, output_path=output_path)
-        click.echo(f"batchrun: {job.name}: {job.input.path} -> {job.output_path}", err=True)
-        summary = run_job(job, limit=limit, fresh=fresh)
-    except BatchrunError as exc:
-        click.echo(f"batchrun: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo(
-            "batchrun: interrupted; what finished is saved, rerun the same command to resume.", err=True
-        )
-        sys.exit(EXIT_STOPPED)
+    log = logging.getLogger("batchrun")
+    with runlog.stderr_logging(sys.stderr, quiet=quiet) as stderr:
+        try:
+            job = load_job(job_file, overrides, input_path=input_path, output_path=output_path)
+        except BatchrunError as exc:
+            log.error("%s", exc)
+            sys.exit(exc.exit_code)
+        env = job.provider.api_key_env
+        secret = os.environ.get(env) if env else None
+        with runlog.file_logging(runlog.log_path(job.output_path), secret=secret):
+            log.info("%s: %s -> %s", job.name, job.input.path, job.output_path)
+            runlog.file_only.info(
+                "start: job %s (%s), model %s, limit %s%s, batchrun %s, pid %d",
+                job.name,
+                job.source,
+                job.provider.model,
+                limit,
+                ", fresh" if fresh else "",
+                _version(),
+                os.getpid(),
+            )
+            try:
+                with runlog.progress(stderr, sys.stderr, quiet=quiet, interval_s=interval_s) as observers:
+                    summary = run_job(job, limit=limit, fresh=fresh, observers=observers)
+            except BatchrunError as exc:
+                log.error("%s", exc)
+                runlog.file_only.info("end: exit %d (%s)", exc.exit_code, _EXIT_MEANING[exc.exit_code])
+                sys.exit(exc.exit_code)
+            except KeyboardInterrupt:
+                log.error("interrupted; what finished is saved, rerun the same command to resume.")
+                runlog.file_only.info("end: exit %d (%s)", EXIT_STOPPED, _EXIT_MEANING[EXIT_STOPPED])
+                sys.exit(EXIT_STOPPED)
+            for line in summary.lines():
+                runlog.file_only.info("summary: %s", line)
+            code = summary.exit_code
+            runlog.file_only.info(
+                "end: exit %d (%s): %d rows, %d ok, %d failed",
+                code,
+                _EXIT_MEANING[code],
+                summary.rows,
+                summary.ok,
+                summary.failed,
+            )
     click.echo(json.dumps(summary.as_dict(), indent=2) if as_json else "\n".join(summary.lines()))
     sys.exit(summary.exit_code)
+
+
+_EXIT_MEANING = {
+    0: "every row ok",
+    1: "finished, some rows failed",
+    EXIT_USAGE: "bad job file, input or flags",
+    EXIT_STOPPED: "stopped early; a rerun resumes",
+}
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("batchrun")
 
 
 @main.command()
@@ -127,6 +190,42 @@ def estimate(
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:
         click.echo("\n".join(result.lines()))
+
+
+@main.command()
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--html", "html_path", type=click.Path(path_type=Path), help="Also write a self-contained page."
+)
+@click.option(
+    "--failed", default=5, show_default=True, type=click.IntRange(min=0), help="How many failed rows to list."
+)
+def report(output: Path, as_json: bool, html_path: Path | None, failed: int) -> None:
+    """Summarize OUTPUT (any batchrun output Parquet): rows, errors, tokens, cost, latency, failed rows.
+
+    Exit codes: 0 every row ok, 1 some rows failed, 2 not a readable batchrun output.
+    """
+    from batchrun.errors import BatchrunError
+    from batchrun.report import build_report
+
+    try:
+        result = build_report(output, failed=failed)
+    except BatchrunError as exc:
+        click.echo(f"batchrun: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    if html_path is not None:
+        from batchrun.htmlreport import write_html
+
+        try:
+            write_html(result, html_path)
+        except OSError as exc:
+            click.echo(f"batchrun: cannot write {html_path}: {exc.strerror or exc}", err=True)
+            sys.exit(EXIT_USAGE)
+    click.echo(json.dumps(result.as_dict(), indent=2, default=str) if as_json else "\n".join(result.lines()))
+    if html_path is not None and not as_json:
+        click.echo(f"html:    {html_path}")
+    sys.exit(result.summary.exit_code)
 
 
 @main.command()

@@ -156,6 +156,15 @@ class PromptSet:
                 hint = " (write {{ and }} for literal braces)" if "placeholder" in role else ""
                 raise InputError(self.path, f"{role} {{{column}}} is not a column; columns: {have}{hint}")
 
+    def count_rows(self) -> int | None:
+        """The number of rows to run (after `limit`), or None when the input cannot be counted."""
+        import polars as pl
+
+        try:
+            return int(self._scan().select(pl.len()).collect().item())
+        except (pl.exceptions.PolarsError, OSError):
+            return None  # slices() reports a broken input with its row; a progress total is not worth it
+
     def slices(self) -> Iterator[Slice]:
         """The input in order, a slice at a time, each with its rendered requests."""
         for frame, first_row in self.frames():

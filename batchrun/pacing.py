@@ -146,6 +146,18 @@ class Limiter:
             self._cool_spread = min(1.0, 0.1 * seconds)
 
     @property
+    def cooldown_left_s(self) -> float:
+        """Seconds left of the current cooldown (0 when none), for progress displays."""
+        return max(0.0, self._cool_until - time.monotonic())
+
+    @property
+    def header_pace_per_s(self) -> float | None:
+        """The pace a provider's rate-limit headers set, while it holds; None otherwise."""
+        if self._header_pace is None or time.monotonic() >= self._header_pace_until:
+            return None
+        return self._header_pace.rate_per_s
+
+    @property
     def cooling_down(self) -> bool:
         """True while the run is paused after a rate limit."""
         return self._cool_until > time.monotonic()

@@ -16,7 +16,10 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import httpx
@@ -25,17 +28,18 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from batchrun.cache import ResponseCache
 from batchrun.endpoint import api_key, cache_scope, open_endpoint
-from batchrun.errors import ErrorClass, ProviderError, StopRun, UsageError
+from batchrun.errors import BatchrunError, ErrorClass, ProviderError, StopRun, UsageError
 from batchrun.inputs import PromptSet
 from batchrun.job import Job
 from batchrun.limits import Budget
 from batchrun.pacing import Limiter
 from batchrun.pricing import PriceBook
+from batchrun.progress import Observer, Snapshot, watch
 from batchrun.providers import Provider, make_provider
 from batchrun.records import Reply, Request, Result, Usage
 from batchrun.retry import BackoffWait, retrying
 from batchrun.store import RunStore
-from batchrun.summary import Summary, summarize
+from batchrun.summary import Summary, failure_summary, summarize, summary_path, write_summary_json
 from batchrun.sweep import prompt_set, request_models
 from batchrun.transport import Answer, Sender, Timeouts, make_transport
 
@@ -55,12 +59,18 @@ class Counters:
     reused: int = 0
     cached: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
 
     def add(self, result: Result) -> None:
         """Count one finished row."""
         if result.ok:
             self.ok += 1
             self.cached += result.cached
+            self.prompt_tokens += result.prompt_tokens or 0
+            self.completion_tokens += result.completion_tokens or 0
+            self.cost_usd += result.cost_usd or 0.0
         else:
             self.failed += 1
             key = result.error_type or "error"
@@ -73,18 +83,40 @@ def run_job(
     limit: int | None = None,
     fresh: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
+    observers: Sequence[Observer] = (),
 ) -> Summary:
     """Run `job` to the end (or to a stop) and return its summary; the library's entry point.
 
     Raises `UsageError` before anything is sent when the job, input or environment is wrong, and `StopRun`
-    when the run had to stop early (its message says why; a rerun resumes). `transport` replaces the
-    network, for tests.
+    when the run had to stop early (its message says why; a rerun resumes). Either way the outcome is
+    written to the summary file beside the output (`summary_path`), for schedulers. `transport` replaces
+    the network, for tests; `observers` see the run's progress (see `batchrun.progress`).
     """
-    return anyio.run(_run_async, job, limit, fresh, transport)
+    started = _now()
+    try:
+        summary = anyio.run(_run_async, job, limit, fresh, transport, tuple(observers))
+    except BatchrunError as exc:
+        outcome = failure_summary(job.name, job.output_path, exc.exit_code, str(exc))
+        _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
+        raise
+    _write_summary(job, summary.as_dict() | {"started_at": started, "ended_at": _now()})
+    return summary
+
+
+def _write_summary(job: Job, data: dict[str, Any]) -> None:
+    path = summary_path(job.output_path)
+    try:
+        write_summary_json(path, data)
+    except OSError as exc:  # the output is written: a summary file that cannot be is not worth the run
+        log.warning("cannot write the summary file %s (%s)", path, exc.strerror or exc)
 
 
 async def _run_async(
-    job: Job, limit: int | None, fresh: bool, transport: httpx.AsyncBaseTransport | None
+    job: Job,
+    limit: int | None,
+    fresh: bool,
+    transport: httpx.AsyncBaseTransport | None,
+    observers: tuple[Observer, ...],
 ) -> Summary:
     prompts = prompt_set(job, limit=limit)
     key = api_key(job)
@@ -104,7 +136,7 @@ async def _run_async(
     try:
         with open_endpoint(job) as base_url:
             provider = make_provider(job.provider.kind, base_url, key, job.provider.headers)
-            runner = Runner(job, prompts, provider, RunStore(job.output_path), prices, cache)
+            runner = Runner(job, prompts, provider, RunStore(job.output_path), prices, cache, observers)
             return await runner.run(fresh=fresh, transport=transport)
     finally:
         if cache is not None:
@@ -122,6 +154,7 @@ class Runner:
         store: RunStore,
         prices: PriceBook,
         cache: ResponseCache | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.job = job
         self.prompts = prompts
@@ -129,6 +162,8 @@ class Runner:
         self.store = store
         self.prices = prices
         self.cache = cache
+        self.observers = tuple(observers)
+        self._started = time.monotonic()
         limits = job.limits
         self.limiter = Limiter(
             concurrency=limits.concurrency,
@@ -146,7 +181,7 @@ class Runner:
 
     async def run(self, *, fresh: bool = False, transport: httpx.AsyncBaseTransport | None = None) -> Summary:
         """Send, journal, assemble the output; return the summary. Raises `StopRun` on an early stop."""
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         self.store.open(fresh=fresh)
         try:
             cap = self.job.limits.max_cost_usd
@@ -160,7 +195,31 @@ class Runner:
         if self.stop_reason is not None:
             raise StopRun(self.stop_reason)
         output = await anyio.to_thread.run_sync(self.store.assemble)
-        return summarize(output, counters=self.counters, wall_s=wall_s, sweep=bool(self.job.matrix))
+        return summarize(output, counters=self.counters, wall_s=wall_s, job=self.job.name)
+
+    def snapshot(self) -> Snapshot:
+        """The run's counters and limiter state now, for a progress display (read-only, cheap)."""
+        counters, limiter = self.counters, self.limiter
+        adaptive = limiter.adaptive
+        return Snapshot(
+            elapsed_s=time.monotonic() - self._started,
+            ok=counters.ok,
+            failed=counters.failed,
+            reused=counters.reused,
+            sent=counters.sent,
+            in_flight=self.in_flight,
+            prompt_tokens=counters.prompt_tokens,
+            completion_tokens=counters.completion_tokens,
+            cost_usd=counters.cost_usd,
+            errors=dict(counters.errors),
+            cooldown_s=limiter.cooldown_left_s,
+            concurrency=adaptive.concurrency if adaptive is not None else None,
+            max_concurrency=self.job.limits.concurrency,
+            pace_per_s=adaptive.rate_per_s if adaptive is not None else None,
+            header_pace_per_s=limiter.header_pace_per_s,
+            down_s=limiter.breaker.down_s if limiter.breaker.is_open else None,
+            stopping=self._draining,
+        )
 
     async def _send_all(self, transport: httpx.AsyncBaseTransport | None) -> None:
         concurrency = self.job.limits.concurrency
@@ -171,6 +230,9 @@ class Runner:
         async with transport, anyio.create_task_group() as tg:
             tg.start_soon(self._writer, results_rx)
             signal_scope = await tg.start(self._watch_signals)
+            progress_scope = anyio.CancelScope()
+            if self.observers:
+                progress_scope = await tg.start(watch, self.snapshot, self.prompts.count_rows, self.observers)
             async with results_tx, anyio.create_task_group() as send_group:
                 self._send_scope = send_group.cancel_scope
                 send_group.start_soon(self._producer, requests_tx, results_tx.clone())
@@ -178,6 +240,7 @@ class Runner:
                     send_group.start_soon(self._worker, sender, requests_rx.clone(), results_tx.clone())
                 requests_rx.close()
             signal_scope.cancel()
+            progress_scope.cancel()
 
     async def _watch_signals(self, *, task_status: TaskStatus[anyio.CancelScope]) -> None:
         """First SIGINT/SIGTERM: stop sending, give requests in flight a grace period. Second: stop now.
@@ -428,3 +491,7 @@ def _fatal_message(job: Job, exc: ProviderError) -> str:
         "outage": "The provider is down: rerun later to resume.",
     }
     return f"{head}\n{fixes.get(exc.error_type, 'Fix the cause, then rerun.')}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,20 +1,94 @@
-"""The end-of-run summary, computed from the output file itself so it is true however many runs it took."""
+"""The end-of-run summary, computed from the output file itself so it is true however many runs it took.
+
+The same code serves `batchrun run` (with this run's counters and wall time) and `batchrun report` (any
+output file, no counters). It reads the output lazily, only the columns it needs: a million-row output's
+completions are never loaded. The summary is also written as JSON beside the output (`summary_path`), so a
+scheduler can alert on it.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchrun.compare import VariantStats, compare_variants, variant_lines
-
 if TYPE_CHECKING:
+    import polars as pl
+
     from batchrun.runner import Counters
+
+VARIANT_COLUMN = "variant"  # a sweep's column ([matrix]): present, the summary groups by it
+NEEDED_COLUMNS = ("status", "error_type", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s")
+
+
+def summary_path(output: Path) -> Path:
+    """Where the summary JSON of `output` goes: `out/x.parquet` -> `out/x.summary.json`."""
+    return output.with_name(output.stem + ".summary.json")
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Seconds per answered request (answers from the response cache excluded); None with no answers."""
+
+    p50: float | None = None
+    p95: float | None = None
+    max: float | None = None
+
+    def as_dict(self) -> dict[str, float | None]:
+        """Plain data for JSON."""
+        return {"p50_s": _round(self.p50), "p95_s": _round(self.p95), "max_s": _round(self.max)}
+
+    def text(self) -> str:
+        """`p50 0.41 s, p95 1.20 s, max 3.02 s`, or `none measured`."""
+        if self.p50 is None or self.p95 is None or self.max is None:
+            return "none measured"
+        return f"p50 {self.p50:.2f} s, p95 {self.p95:.2f} s, max {self.max:.2f} s"
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """The rows of one model or one variant."""
+
+    name: str
+    rows: int
+    ok: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    latency: Latency
+
+    @property
+    def failed(self) -> int:
+        """Rows without an answer."""
+        return self.rows - self.ok
+
+    @property
+    def ok_rate(self) -> float:
+        """Share of the rows that are ok, 0-1."""
+        return self.ok / self.rows if self.rows else 0.0
+
+    def as_dict(self, key: str) -> dict[str, Any]:
+        """Plain data for JSON, the group's name under `key` (`model`, `variant`)."""
+        return {
+            key: self.name,
+            "rows": self.rows,
+            "ok": self.ok,
+            "failed": self.failed,
+            "ok_rate": round(self.ok_rate, 4),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+            "latency_p50_s": _round(self.latency.p50),
+            "latency_p95_s": _round(self.latency.p95),
+            "latency_max_s": _round(self.latency.max),
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """What a finished run produced."""
+    """What an output file holds; with a run's counters, also what that run did (sent, reused, wall time)."""
 
     output: Path
     rows: int
@@ -25,11 +99,14 @@ class Summary:
     completion_tokens: int = 0
     cost_usd: float | None = None
     rows_without_cost: int = 0
-    wall_s: float = 0.0
-    sent: int = 0  # HTTP requests this run, retries included
-    reused: int = 0  # rows answered by an earlier run of the same job
+    wall_s: float | None = None  # None: not known (a report from a file)
+    sent: int | None = None  # HTTP requests this run, retries included
+    reused: int | None = None  # rows answered by an earlier run of the same job
     cached: int = 0  # rows answered from the response cache
-    variants: tuple[VariantStats, ...] = ()  # a sweep's variants side by side (batchrun.compare)
+    latency: Latency = field(default_factory=Latency)
+    by_model: tuple[Group, ...] = ()
+    by_variant: tuple[Group, ...] = ()  # a sweep's variants in output order; () without a `variant` column
+    job: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -37,14 +114,20 @@ class Summary:
         return 0 if self.failed == 0 else 1
 
     @property
-    def rows_per_s(self) -> float:
-        """Rows finished this run per second of wall time."""
-        return (self.rows - self.reused) / self.wall_s if self.wall_s > 0 else 0.0
+    def rows_per_s(self) -> float | None:
+        """Rows finished this run per second of wall time; None when the wall time is not known."""
+        if self.wall_s is None:
+            return None
+        return (self.rows - (self.reused or 0)) / self.wall_s if self.wall_s > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain data for JSON."""
+        """Plain data for JSON (`run --json`, `report --json`, the summary file)."""
+        rate = self.rows_per_s
         return {
+            "job": self.job,
             "output": str(self.output),
+            "status": "ok" if self.failed == 0 else "failed",
+            "exit_code": self.exit_code,
             "rows": self.rows,
             "ok": self.ok,
             "failed": self.failed,
@@ -53,12 +136,15 @@ class Summary:
             "completion_tokens": self.completion_tokens,
             "cost_usd": self.cost_usd,
             "rows_without_cost": self.rows_without_cost,
-            "wall_s": round(self.wall_s, 3),
-            "rows_per_s": round(self.rows_per_s, 1),
+            "latency": self.latency.as_dict(),
+            "wall_s": _round(self.wall_s),
+            "rows_per_s": round(rate, 1) if rate is not None else None,
             "requests_sent": self.sent,
             "rows_reused": self.reused,
             "rows_cached": self.cached,
-            **({"variants": [v.as_dict() for v in self.variants]} if self.variants else {}),
+            "by_model": [g.as_dict("model") for g in self.by_model],
+            # Only for a sweep, as `batchrun.compare` had it: scripts test for the key.
+            **({"variants": [g.as_dict("variant") for g in self.by_variant]} if self.by_variant else {}),
         }
 
     def lines(self) -> list[str]:
@@ -74,55 +160,209 @@ class Summary:
                 cost += f" (+ {self.rows_without_cost:,} ok rows with no known price)"
         reused = f", {self.reused:,} answered by an earlier run" if self.reused else ""
         reused += f", {self.cached:,} from the cache" if self.cached else ""
-        return [
+        lines = [
             f"output:  {self.output}",
             f"rows:    {self.rows:,} ({self.ok:,} ok, {failed}){reused}",
             f"tokens:  {self.prompt_tokens:,} in, {self.completion_tokens:,} out",
             f"cost:    {cost}",
-            f"time:    {self.wall_s:,.1f} s, {self.rows_per_s:,.1f} rows/s, {self.sent:,} requests sent",
-            *variant_lines(self.variants),
+            f"latency: {self.latency.text()}",
         ]
+        if self.wall_s is not None:
+            sent = f", {self.sent:,} requests sent" if self.sent is not None else ""
+            lines.append(f"time:    {self.wall_s:,.1f} s, {self.rows_per_s or 0.0:,.1f} rows/s{sent}")
+        models = [g for g in self.by_model if g.ok]
+        if models:
+            lines.append(
+                "models:  " + "; ".join(f"{g.name} ({g.ok:,} ok, {_money(g.cost_usd)})" for g in models)
+            )
+        if self.by_variant:
+            lines += variant_table(self.by_variant)
+        return lines
 
 
-def summarize(output: Path, *, counters: Counters, wall_s: float, sweep: bool = False) -> Summary:
-    """Aggregate the output file's status, token and cost columns (and per variant, for a `sweep`)."""
+def variant_table(groups: tuple[Group, ...]) -> list[str]:
+    """A sweep's variants side by side, one line each: ok, tokens, cost and latency."""
+    header = ("variant", "ok", "tokens in", "tokens out", "cost", "p50 s", "p95 s")
+    table = [header] + [
+        (
+            g.name,
+            f"{g.ok:,}/{g.rows:,} {g.ok_rate:.0%}",
+            f"{g.prompt_tokens:,}",
+            f"{g.completion_tokens:,}",
+            "?" if g.cost_usd is None else f"${g.cost_usd:,.4f}",
+            _seconds(g.latency.p50),
+            _seconds(g.latency.p95),
+        )
+        for g in groups
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["variants:"]
+    for row in table:
+        cells = [row[0].ljust(widths[0])] + [
+            cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines
+
+
+def summarize(
+    output: Path,
+    *,
+    counters: Counters | None = None,
+    wall_s: float | None = None,
+    job: str | None = None,
+) -> Summary:
+    """Aggregate the output file's status, error, token, cost and latency columns (lazily)."""
     import polars as pl
 
     frame = pl.scan_parquet(output)
-    totals = (
-        frame.select(
-            rows=pl.len(),
-            ok=(pl.col("status") == "ok").sum(),
-            prompt_tokens=pl.col("prompt_tokens").sum(),
-            completion_tokens=pl.col("completion_tokens").sum(),
-            cost_usd=pl.col("cost_usd").sum(),
-            priced=pl.col("cost_usd").is_not_null().sum(),
-            cached=pl.col("cached").sum(),
-        )
-        .collect()
-        .row(0, named=True)
-    )
-    errors = (
-        frame.filter(pl.col("status") != "ok")
+    names = frame.collect_schema().names()
+    status = pl.col("status")
+    cached = pl.col("cached").sum() if "cached" in names else pl.lit(0)
+    queries = [
+        frame.select(**_aggregates(), cached=cached),
+        frame.filter((status != "ok") | status.is_null())
         .group_by(pl.col("error_type").fill_null("not_run"))
-        .len()
-        .collect()
-        .rows()
-    )
-    ok = int(totals["ok"])
+        .len(),
+        _grouped(frame, pl.col("model").fill_null("(no reply)")),
+    ]
+    if VARIANT_COLUMN in names:
+        # Variants in output order: the order the job's [matrix] lists them.
+        variant = pl.col(VARIANT_COLUMN).cast(pl.String).fill_null("(none)")
+        queries.append(_grouped(frame, variant, sort=False))
+    # One go: polars runs the queries together, sharing the scan where it can; no other column is read.
+    totals_frame, errors, *groups = pl.collect_all(queries)
+    totals = totals_frame.row(0, named=True)
+    rows, ok_rows = int(totals["rows"]), int(totals["ok"] or 0)
     return Summary(
         output=output,
-        rows=int(totals["rows"]),
-        ok=ok,
-        failed=int(totals["rows"]) - ok,
-        errors={str(k): int(v) for k, v in errors},
+        rows=rows,
+        ok=ok_rows,
+        failed=rows - ok_rows,
+        errors={str(k): int(v) for k, v in errors.iter_rows()},
         prompt_tokens=int(totals["prompt_tokens"] or 0),
         completion_tokens=int(totals["completion_tokens"] or 0),
         cost_usd=float(totals["cost_usd"]) if totals["priced"] else None,
-        rows_without_cost=ok - int(totals["priced"]),
+        rows_without_cost=ok_rows - int(totals["priced_ok"]),
         wall_s=wall_s,
         cached=int(totals["cached"] or 0),
-        sent=counters.sent,
-        reused=counters.reused,
-        variants=compare_variants(frame) if sweep else (),
+        sent=counters.sent if counters is not None else None,
+        reused=counters.reused if counters is not None else None,
+        latency=_latency(totals),
+        by_model=_groups(groups[0]),
+        by_variant=_groups(groups[1]) if len(groups) > 1 else (),
+        job=job,
     )
+
+
+def check_output(output: Path) -> None:
+    """Raise `UsageError` unless `output` is a Parquet file with batchrun's columns (for `report`)."""
+    import polars as pl
+
+    from batchrun.errors import UsageError
+
+    if not output.is_file():
+        raise UsageError(f"{output}: no such file")
+    try:
+        names = pl.scan_parquet(output).collect_schema().names()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise UsageError(f"{output}: cannot read it as Parquet: {exc}") from None
+    missing = [c for c in (*NEEDED_COLUMNS, "model") if c not in names]
+    if missing:
+        raise UsageError(f"{output}: not a batchrun output; missing columns: {', '.join(missing)}")
+
+
+def write_summary_json(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` as JSON to `path` atomically: a scheduler reading it never sees half a file."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, sync it, and rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _latency_exprs() -> dict[str, pl.Expr]:
+    import polars as pl
+
+    # Only measured answers: errors and cache hits have no latency of their own.
+    latency = pl.col("latency_s").filter((pl.col("status") == "ok") & pl.col("latency_s").is_not_null())
+    return {
+        "p50": latency.quantile(0.5, "linear"),
+        "p95": latency.quantile(0.95, "linear"),
+        "max": latency.max(),
+    }
+
+
+def _latency(row: dict[str, Any]) -> Latency:
+    return Latency(p50=row["p50"], p95=row["p95"], max=row["max"])
+
+
+def _aggregates() -> dict[str, pl.Expr]:
+    """Counts, tokens, cost and latency of a set of rows: the whole file, or one model or variant."""
+    import polars as pl
+
+    ok = pl.col("status") == "ok"
+    priced = pl.col("cost_usd").is_not_null()
+    return {
+        "rows": pl.len(),
+        "ok": ok.sum(),
+        "prompt_tokens": pl.col("prompt_tokens").sum(),
+        "completion_tokens": pl.col("completion_tokens").sum(),
+        "cost_usd": pl.col("cost_usd").sum(),
+        "priced": priced.sum(),
+        "priced_ok": (ok & priced).sum(),
+        **_latency_exprs(),
+    }
+
+
+def _grouped(frame: pl.LazyFrame, key: pl.Expr, *, sort: bool = True) -> pl.LazyFrame:
+    grouped = frame.group_by(key.alias("name"), maintain_order=not sort).agg(**_aggregates())
+    return grouped.sort("name") if sort else grouped
+
+
+def _groups(grouped: pl.DataFrame) -> tuple[Group, ...]:
+    return tuple(
+        Group(
+            name=str(row["name"]),
+            rows=int(row["rows"]),
+            ok=int(row["ok"] or 0),
+            prompt_tokens=int(row["prompt_tokens"] or 0),
+            completion_tokens=int(row["completion_tokens"] or 0),
+            cost_usd=float(row["cost_usd"]) if row["priced"] else None,
+            latency=_latency(row),
+        )
+        for row in grouped.iter_rows(named=True)
+    )
+
+
+def _money(cost: float | None) -> str:
+    return f"${cost:,.4f}" if cost is not None else "cost unknown"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 3) if value is not None else None
+
+
+def failure_summary(job: str, output: Path, exit_code: int, message: str) -> dict[str, Any]:
+    """The summary file's content when a run did not finish: stopped (exit 3) or refused (exit 2)."""
+    return {
+        "job": job,
+        "output": str(output),
+        "status": "stopped" if exit_code == 3 else "error",
+        "exit_code": exit_code,
+        "message": message,
+    }

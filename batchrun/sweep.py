@@ -101,6 +101,11 @@ class SweepPromptSet(PromptSet):
         super().__init__(self.variants[0].job, limit=limit, slice_rows=slice_rows)
         self.sweep_columns = ["variant", *(axis.column for axis in self.axes)]
 
+    def count_rows(self) -> int | None:
+        """Rows to run: the input's, once per variant."""
+        rows = super().count_rows()
+        return None if rows is None else rows * len(self.variants)
+
     def slices(self) -> Iterator[Slice]:
         """Each slice of the input, once per variant (variant after variant), labelled with its variant."""
         for frame, first_row in self.frames():
