@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 RESULT_FIELDS = tuple(f.name for f in fields(Result))
 JOURNAL = "results.jsonl"
 FSYNC_SECONDS = 2.0
+ASSEMBLE_MEMORY_MB = 128  # DuckDB's cap while assembling the output; beyond it, it spills to disk
+ASSEMBLE_MEMORY_MAX_MB = 8192  # ... raised up to this when a join needs more
 
 
 def result_schema() -> dict[str, Any]:
@@ -128,31 +130,132 @@ class RunStore:
         return journal.unique("custom_id", keep="last", maintain_order=True)
 
     def assemble(self) -> Path:
-        """Join the input with the latest result per `custom_id`, in input order, into the output file."""
-        import polars as pl
+        """Join the input with the latest result per `custom_id`, in input order, into the output file.
 
+        DuckDB does the join: it spills to disk under a memory cap, so a million-row run assembles in about
+        the memory of a thousand-row one (polars' join held the whole journal: 1.3 GiB for a million rows).
+        Should the cap prove too small (very long completions), it is raised and the join run again: a run
+        must never fail at its last step.
+        """
         inputs = sorted(self.dir.glob("input-*.parquet"))
-        frame = pl.scan_parquet(inputs) if inputs else pl.LazyFrame(schema={"custom_id": pl.String})
-        columns = list(OUTPUT_COLUMNS)
-        out = frame.join(self._latest().select(columns), on="custom_id", how="left", maintain_order="left")
-        # The input's columns first (custom_id last among them, or where a batch file has it), then
-        # Contract 2's in their fixed order.
-        input_columns = frame.collect_schema().names()
-        out = out.select(*input_columns, *(c for c in columns if c not in input_columns))
-        self.output.parent.mkdir(parents=True, exist_ok=True)
+        if not inputs:
+            return self._write_empty()
+        import duckdb
+
         tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        memory_mb = ASSEMBLE_MEMORY_MB
         try:
-            out.sink_parquet(tmp)
-            # A rename only publishes what reached the disk: sync the data first.
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.output)
+            while True:
+                try:
+                    self._join(inputs, tmp, memory_mb)
+                    break
+                except duckdb.OutOfMemoryException:
+                    if memory_mb >= ASSEMBLE_MEMORY_MAX_MB:
+                        raise
+                    memory_mb *= 4
+            _publish(tmp, self.output)
         finally:
             tmp.unlink(missing_ok=True)
         return self.output
+
+    def _join(self, inputs: list[Path], tmp: Path, memory_mb: int) -> None:
+        """Write the joined output to `tmp` with DuckDB, using at most about `memory_mb` of memory."""
+        import duckdb
+
+        columns = list(OUTPUT_COLUMNS)
+        input_columns = duckdb.read_parquet(str(inputs[0])).columns
+        # The input's columns first (custom_id last among them, or where a batch file has it), then
+        # Contract 2's in their fixed order.
+        select = ", ".join(
+            _quoted(c) for c in [*input_columns, *(c for c in columns if c not in input_columns)]
+        )
+        files = "[" + ", ".join(f"'{_sql_text(path)}'" for path in inputs) + "]"
+        spill = self.dir / "assemble.tmp"
+        # One thread: row numbers follow file order (input order, journal order), and memory per thread
+        # is what the cap is spent on.
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "memory_limit": f"{memory_mb}MB",
+            "threads": 1,
+            "temp_directory": str(spill),
+        }
+        try:
+            with duckdb.connect(config=config) as db:
+                db.execute("SET enable_progress_bar = false")  # stderr belongs to batchrun's own progress
+                # The latest line per custom_id wins (a later run's answer replaces an earlier error).
+                # Finding it by line number first keeps the wide rows out of the grouping.
+                db.execute(
+                    f"""
+                    COPY (
+                        WITH inputs AS (
+                            SELECT *, row_number() OVER () AS input_row FROM read_parquet({files})
+                        ),
+                        journal AS ({self._journal_sql()}),
+                        last_lines AS (SELECT max(line) AS line FROM journal GROUP BY custom_id),
+                        latest AS (SELECT * FROM journal SEMI JOIN last_lines USING (line))
+                        SELECT {select} FROM inputs LEFT JOIN latest USING (custom_id) ORDER BY input_row
+                    ) TO '{_sql_text(tmp)}' (FORMAT parquet, COMPRESSION zstd)
+                    """
+                )
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
+
+    def _journal_sql(self) -> str:
+        """The journal as a DuckDB query with Contract 2's types, each result numbered by its line."""
+        types = {name: _duckdb_type(dtype) for name, dtype in result_schema().items()}
+        if not self.journal.is_file() or self.journal.stat().st_size == 0:
+            nulls = ", ".join(f"NULL::{t} AS {_quoted(n)}" for n, t in types.items())
+            return f"SELECT {nulls}, 0 AS line WHERE false"
+        spec = "{" + ", ".join(f"'{n}': '{t}'" for n, t in types.items()) + "}"
+        # Lines are read in file order, so their number says which answer came last.
+        return (
+            f"SELECT *, row_number() OVER () AS line FROM read_json('{_sql_text(self.journal)}', "
+            f"format = 'newline_delimited', columns = {spec})"
+        )
+
+    def _write_empty(self) -> Path:
+        """No input at all: an output with Contract 2's columns and no rows."""
+        import polars as pl
+
+        schema = {name: dtype for name, dtype in result_schema().items() if name in OUTPUT_COLUMNS}
+        tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            pl.DataFrame(schema=schema).write_parquet(tmp)
+            _publish(tmp, self.output)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return self.output
+
+
+def _publish(tmp: Path, output: Path) -> None:
+    """Rename a finished file into place; a rename only publishes what reached the disk, so sync first."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, output)
+
+
+def _duckdb_type(dtype: Any) -> str:
+    """A journal column's polars type as DuckDB's."""
+    import polars as pl
+
+    if isinstance(dtype, pl.List):
+        return _duckdb_type(dtype.inner) + "[]"
+    names = {pl.Int64: "BIGINT", pl.Float64: "DOUBLE", pl.Boolean: "BOOLEAN", pl.String: "VARCHAR"}
+    return names[dtype]
+
+
+def _quoted(name: str) -> str:
+    """A column name as a DuckDB identifier, whatever characters the input's columns hold."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_text(path: Path) -> str:
+    """A path inside a single-quoted SQL string."""
+    return str(path).replace("'", "''")
 
 
 def _drop_partial_line(path: Path) -> None:

@@ -1,0 +1,90 @@
+"""The run store: journal lines in, the output assembled from input parts and the latest answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from batchrun import store
+from batchrun.records import OUTPUT_COLUMNS, Result
+from batchrun.store import RunStore, result_schema
+
+
+def _store(output: Path, rows: int) -> RunStore:
+    """A store whose input has `rows` rows, in two parts, with an awkward column name."""
+    run = RunStore(output)
+    run.open()
+    ids = [f"id-{i:05d}" for i in range(rows)]
+    half = rows // 2
+    frame = pl.DataFrame({'it\'s "text"': [f"row {i}" for i in range(rows)], "custom_id": ids})
+    run.write_input(frame.slice(0, half))
+    run.write_input(frame.slice(half))
+    return run
+
+
+def test_the_latest_answer_per_row_wins_and_rows_keep_input_order(tmp_path: Path) -> None:
+    output = tmp_path / "it's here" / "out.parquet"
+    run = _store(output, 6)
+    # Answers arrive out of order; row 2 first fails retryably, then succeeds; row 5 never answers.
+    run.write_results([Result("id-00003", "ok", completion="three", prompt_tokens=7, cost_usd=0.5)])
+    run.write_results([Result("id-00002", "error", error_type="rate_limited", retryable=True)])
+    run.write_results([Result(f"id-{i:05d}", "ok", completion=f"c{i}", attempts=1) for i in (4, 0, 1)])
+    run.write_results([Result("id-00002", "ok", completion="two at last", attempts=2)])
+    run.close()
+
+    out = pl.read_parquet(run.assemble())
+
+    assert out.columns == ['it\'s "text"', "custom_id", *(c for c in OUTPUT_COLUMNS if c != "custom_id")]
+    assert out["custom_id"].to_list() == [f"id-{i:05d}" for i in range(6)]
+    assert out["completion"].to_list() == ["c0", "c1", "two at last", "three", "c4", None]
+    assert out["status"].to_list() == ["ok"] * 5 + [None]
+    assert out["error_type"][2] is None
+    assert out["attempts"][2] == 2
+    assert out["prompt_tokens"][3] == 7
+    schema = result_schema()
+    assert {name: out.schema[name] for name in OUTPUT_COLUMNS} == {
+        name: schema[name] for name in OUTPUT_COLUMNS
+    }
+    assert not list(output.parent.glob(".*.tmp")), "no temporary file left beside the output"
+
+
+def test_a_join_larger_than_the_memory_cap_raises_the_cap_and_still_assembles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = 20_000
+    run = _store(tmp_path / "out.parquet", rows)
+    run.write_results(
+        [Result(f"id-{i:05d}", "ok", completion=f"answer {i} " + "x" * 200) for i in reversed(range(rows))]
+    )
+    run.close()
+    caps: list[int] = []
+    join = RunStore._join
+
+    def recording_join(self: RunStore, inputs: list[Path], tmp: Path, memory_mb: int) -> None:
+        caps.append(memory_mb)
+        join(self, inputs, tmp, memory_mb)
+
+    monkeypatch.setattr(RunStore, "_join", recording_join)
+    monkeypatch.setattr(store, "ASSEMBLE_MEMORY_MB", 1)  # too small for DuckDB to even start the join
+
+    out = pl.read_parquet(run.assemble())
+
+    assert len(caps) > 1, "the cap was raised after running out of memory"
+    assert caps == sorted(caps)
+    assert out.height == rows
+    assert out["custom_id"].to_list() == [f"id-{i:05d}" for i in range(rows)]
+    assert out["completion"].str.starts_with("answer ").all()
+    assert out["completion"][123].startswith("answer 123 ")
+
+
+def test_an_empty_journal_gives_every_row_with_null_results(tmp_path: Path) -> None:
+    run = _store(tmp_path / "out.parquet", 3)
+    run.close()
+
+    out = pl.read_parquet(run.assemble())
+
+    assert out.height == 3
+    assert out["status"].null_count() == 3
+    assert out.schema["cost_usd"] == pl.Float64
