@@ -80,6 +80,8 @@ class LimitsSection(_Section):
     max_cost_usd: float | None = Field(default=None, gt=0)
     adaptive: bool = True  # learn concurrency and rate from 429s when no rate limit is configured
     max_outage_s: float = Field(default=1800.0, gt=0)  # give up (exit 3) when the provider is down this long
+    # JSON mode (`response_format`): send a row again while its completion does not parse (max_attempts).
+    retry_invalid_json: bool = False
 
 
 class PricingSection(_Section):

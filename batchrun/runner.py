@@ -35,6 +35,7 @@ from batchrun.providers import Provider, make_provider
 from batchrun.records import Reply, Request, Result, Usage
 from batchrun.retry import retrying
 from batchrun.store import RunStore
+from batchrun.structured import INVALID_JSON, as_json, invalid_json_error, invalid_json_message, wants_json
 from batchrun.summary import Summary, summarize
 from batchrun.transport import Sender, Timeouts, make_transport
 
@@ -280,6 +281,9 @@ class Runner:
         """One row, with retries; a fatal error stops the run and cancels this task."""
         limits = self.job.limits
         attempts = counted = 0  # every try, and the tries that count against max_attempts
+        json_mode = wants_json(request.body)
+        retry_json = json_mode and limits.retry_invalid_json
+        discarded_usd = 0.0  # what answers sent again for invalid JSON cost: the row paid for them too
         try:
             retry = retrying(
                 limits.max_attempts, limits.backoff_base_s, limits.backoff_max_s, lambda: counted
@@ -302,11 +306,15 @@ class Runner:
                         self.limiter.abandon(ticket)
                         raise
                     self.limiter.on_success(ticket, answer.reply.usage, answer.rate)
+                    text = answer.reply.completion
+                    if retry_json and counted < limits.max_attempts and as_json(text) is None:
+                        discarded_usd += self.prices.cost(request.body.get("model"), answer.reply.usage) or 0
+                        raise invalid_json_error(text)
         except ProviderError as exc:
             if exc.error_class is ErrorClass.FATAL:
                 self._stop(exc)
             return _error_result(request.custom_id, exc, attempts)
-        result = self._ok_result(request, answer.reply, answer.latency_s, attempts)
+        result = self._ok_result(request, answer.reply, answer.latency_s, attempts, json_mode, discarded_usd)
         if self.cache is not None:
             self._to_cache.append((self.cache.key(request), result))
         return result
@@ -319,11 +327,26 @@ class Runner:
             message = f"the provider has failed every request for {down_s:.0f} s ([limits] max_outage_s)"
             raise ProviderError(message, error_type=error_type, error_class=error_class)
 
-    def _ok_result(self, request: Request, reply: Reply, latency: float, attempts: int) -> Result:
+    def _ok_result(
+        self,
+        request: Request,
+        reply: Reply,
+        latency: float,
+        attempts: int,
+        json_mode: bool = False,
+        discarded_usd: float = 0.0,
+    ) -> Result:
         usage = reply.usage
+        cost = self.prices.cost(request.body.get("model"), usage)
+        if discarded_usd and cost is not None:
+            cost += discarded_usd
+        parsed = as_json(reply.completion) if json_mode else None
+        # JSON mode and the completion does not parse: the answer is kept (it was paid for) but the row
+        # is an error a rerun does not resend.
+        invalid = json_mode and parsed is None
         return Result(
             custom_id=request.custom_id,
-            status="ok",
+            status="error" if invalid else "ok",
             completion=reply.completion,
             finish_reason=reply.finish_reason,
             reasoning=reply.reasoning,
@@ -333,11 +356,16 @@ class Runner:
             cached_tokens=usage.cached_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             total_tokens=usage.total_tokens,
-            cost_usd=self.prices.cost(request.body.get("model"), usage),
+            cost_usd=cost,
             model=reply.model,
             response_id=reply.response_id,
             latency_s=latency,
             attempts=attempts,
+            error_type=INVALID_JSON if invalid else None,
+            error=invalid_json_message(reply.completion) if invalid else None,
+            http_status=200 if invalid else None,
+            completions=list(reply.completions) if reply.completions is not None else None,
+            json=parsed,
         )
 
     def _stop(self, exc: ProviderError) -> None:

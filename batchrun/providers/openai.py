@@ -52,6 +52,13 @@ class OpenAIProvider:
         if not isinstance(message, dict):
             raise retryable_bad_reply("the reply's first choice has no message object")
         tool_calls = message.get("tool_calls")
+        completions = None
+        if len(choices) > 1:  # n > 1: every choice's text, in index order
+            ordered = sorted(choices, key=_choice_index)
+            completions = tuple(_message_text(c) for c in ordered)
+            choice = ordered[0]
+            message = choice["message"]
+            tool_calls = message.get("tool_calls")
         return Reply(
             completion=message.get("content"),
             finish_reason=choice.get("finish_reason"),
@@ -60,6 +67,7 @@ class OpenAIProvider:
             response_id=data.get("id"),
             reasoning=message.get("reasoning_content") or message.get("reasoning"),
             tool_calls=json.dumps(tool_calls, ensure_ascii=False) if tool_calls else None,
+            completions=completions,
         )
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
@@ -71,6 +79,19 @@ class OpenAIProvider:
         if not isinstance(data, dict):
             data = {"error": {"message": body[:300].decode("utf-8", "replace").strip() or f"HTTP {status}"}}
         return _error_from_body(status, headers, data)
+
+
+def _choice_index(choice: Any) -> int:
+    index = choice.get("index") if isinstance(choice, dict) else None
+    return index if isinstance(index, int) else 0
+
+
+def _message_text(choice: Any) -> str | None:
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise retryable_bad_reply("a choice of the reply has no message object")
+    content = message.get("content")
+    return content if isinstance(content, str) else None
 
 
 def _error_from_body(status: int, headers: Mapping[str, str], data: dict[str, Any]) -> ProviderError:
