@@ -13,9 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from batchrun.errors import JobFileError
+from batchrun.providers import KINDS
 from batchrun.providers.presets import PRESETS
 
 # Keys whose values are file paths: resolved against the job file's folder or the working directory.
@@ -52,12 +61,20 @@ class ProviderSection(_Section):
     """`[provider]`: where requests go. A preset fills kind, base_url and api_key_env."""
 
     preset: str | None = None
-    kind: Literal["openai"] = "openai"
+    kind: str = "openai"  # a key of batchrun.providers.KINDS
     base_url: str | None = None
+    auth: Literal["bearer", "x-api-key"] | None = None  # how the key is sent; None: the kind's usual way
     api_key_env: str | None = None
     api_key_required: bool = True
     model: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+        return kind
 
     @model_validator(mode="after")
     def _has_endpoint(self) -> ProviderSection:
@@ -124,6 +141,16 @@ class Job(_Section):
     cache: CacheSection = CacheSection()
     output: OutputSection = OutputSection()
     source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("params")
+    @classmethod
+    def _params_for_kind(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # The wire format checks (and may complete) its parameters; it needs the kind and the input style.
+        provider, prompt = info.data.get("provider"), info.data.get("prompt")
+        if provider is None or prompt is None:
+            return params  # those sections failed validation and are reported already
+        batch_lines = prompt.template is None and prompt.messages_column is None
+        return KINDS[provider.kind].normalize_params(params, batch_lines=batch_lines)
 
     @model_validator(mode="after")
     def _check_params(self) -> Job:

@@ -101,7 +101,9 @@ async def _run_async(
         cache = ResponseCache(job.cache.path, kind=job.provider.kind, base_url=cache_scope(job))
     try:
         with open_endpoint(job) as base_url:
-            provider = make_provider(job.provider.kind, base_url, key, job.provider.headers)
+            provider = make_provider(
+                job.provider.kind, base_url, key, job.provider.headers, job.provider.auth
+            )
             runner = Runner(job, prompts, provider, RunStore(job.output_path), prices, cache)
             return await runner.run(fresh=fresh, transport=transport)
     finally:

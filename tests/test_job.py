@@ -220,8 +220,9 @@ def test_unknown_keys_and_wrong_types_name_the_file_and_key(
 
 def test_wrong_provider_kind_is_rejected(write_job: WriteJob) -> None:
     """A `kind` batchrun does not speak is rejected naming `[provider] kind`."""
-    path = write_job(URL, header=job_text(f'kind = "anthropic"\nbase_url = "{URL}"\nmodel = "m"'))
-    assert "[provider] kind" in load_error(path)
+    path = write_job(URL, header=job_text(f'kind = "gemini"\nbase_url = "{URL}"\nmodel = "m"'))
+    message = load_error(path)
+    assert "[provider] kind: unknown kind 'gemini'; known: anthropic, openai" in message
 
 
 @pytest.mark.parametrize(

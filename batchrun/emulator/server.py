@@ -60,6 +60,11 @@ class EmulatorServer:
             raise RuntimeError("EmulatorServer.base_url is only known after start()")
         return self._base_url
 
+    @property
+    def root_url(self) -> str:
+        """The server's root, e.g. `http://127.0.0.1:43121`: the Anthropic base URL (+ `/v1/messages`)."""
+        return self.base_url.removesuffix("/v1")
+
     def start(self, timeout: float = 10.0) -> str:
         """Start serving in a daemon thread, wait until it listens, and return the base URL."""
         if self._thread is not None:

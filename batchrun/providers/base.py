@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from batchrun.errors import ProviderError
 from batchrun.records import Reply, Request
@@ -37,6 +37,27 @@ class Provider(Protocol):
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         """Turn a non-200 reply into a classified `ProviderError`."""
+        ...
+
+
+Auth = Literal["bearer", "x-api-key"]
+"""How the API key is sent: `Authorization: Bearer KEY` or `x-api-key: KEY`; None: the kind's default."""
+
+
+class ProviderType(Protocol):
+    """A wire format's class: what the registry holds, checks a job's params at load, builds adapters."""
+
+    kind: str
+    emulator_path: str  # where the built-in emulator serves this kind, relative to its root URL
+
+    def __call__(
+        self, base_url: str, api_key: str | None, extra_headers: Mapping[str, str], auth: Auth | None = None
+    ) -> Provider:
+        """An adapter for one endpoint."""
+        ...
+
+    def normalize_params(self, params: dict[str, Any], *, batch_lines: bool) -> dict[str, Any]:
+        """The job's `[params]` as this kind sends them; ValueError (naming the key) when they cannot work."""
         ...
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from batchrun.errors import ProviderError
-from batchrun.providers.base import load_json, retryable_bad_reply
+from batchrun.providers.base import Auth, load_json, retryable_bad_reply
 from batchrun.providers.headers import wait_hint
 from batchrun.records import Reply, Request, Usage
 from batchrun.retry import classify
@@ -17,12 +17,27 @@ class OpenAIProvider:
     """The OpenAI chat-completions wire format with Bearer auth."""
 
     kind: ClassVar[str] = "openai"
+    emulator_path: ClassVar[str] = "/v1"
 
-    def __init__(self, base_url: str, api_key: str | None, extra_headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        extra_headers: Mapping[str, str],
+        auth: Auth | None = None,
+    ) -> None:
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {"content-type": "application/json", "accept": "application/json", **extra_headers}
         if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
+            if auth == "x-api-key":
+                self._headers["x-api-key"] = api_key
+            else:
+                self._headers["authorization"] = f"Bearer {api_key}"
+
+    @classmethod
+    def normalize_params(cls, params: dict[str, Any], *, batch_lines: bool) -> dict[str, Any]:
+        """`[params]` go into the body as given."""
+        return params
 
     def url(self) -> str:
         """`{base_url}/chat/completions`."""
