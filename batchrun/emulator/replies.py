@@ -149,8 +149,6 @@ def parse(raw: bytes) -> tuple[dict[str, Any], int | None]:
             raise BadRequest(
                 f"'messages[{i}].content' must be a string or a list of parts.", f"messages[{i}]"
             )
-    if body.get("stream") is True:
-        raise BadRequest("streaming is not supported by the emulator yet", "stream")
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
