@@ -158,8 +158,6 @@ class Job(_Section):
             if key in self.params:
                 where = "[provider] model" if key == "model" else "[prompt]"
                 raise ValueError(f"params.{key} is not allowed: set it in {where}")
-        if self.params.get("stream"):
-            raise ValueError("params.stream = true is not supported yet: remove it (replies are read whole)")
         uses_prompt = self.prompt.template is not None or self.prompt.messages_column is not None
         if uses_prompt and not self.provider.model:
             raise ValueError("[provider] model is required (the request's model)")

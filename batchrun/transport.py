@@ -15,12 +15,15 @@ from dataclasses import dataclass
 
 import anyio
 import httpx
+from httpx_sse import EventSource
 
 from batchrun.errors import ProviderError
 from batchrun.providers.base import Provider
 from batchrun.providers.headers import RateInfo, parse_rate_info
 from batchrun.records import Reply, Request
 from batchrun.retry import classify
+
+STREAM_DRAIN_S = 1.0  # how long to read on after a stream's end event
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +86,18 @@ class Sender:
             content=self.provider.content(request),
             extensions=self._extensions,
         )
+        streaming = self.provider.streams(request)
+        reply: Reply | None = None
         started = time.perf_counter()
         try:
             with anyio.fail_after(self.timeouts.total_s):
                 response = await self.transport.handle_async_request(http_request)
                 try:
-                    body = await response.aread()
+                    if streaming and response.status_code == 200 and _is_event_stream(response):
+                        reply = await self._read_stream(response)
+                    else:
+                        # An error, or a server that answered a stream request with one JSON reply.
+                        body = await response.aread()
                 finally:
                     await response.aclose()
         except (TimeoutError, httpx.TimeoutException):
@@ -96,9 +105,32 @@ class Sender:
         except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
             raise _transient("connection", f"{type(exc).__name__}: {exc}") from None
         latency = time.perf_counter() - started
-        if response.status_code != 200:
-            raise self.provider.error(response.status_code, response.headers, body)
-        return Answer(self.provider.parse(body), latency, parse_rate_info(response.headers))
+        if reply is None:
+            if response.status_code != 200:
+                raise self.provider.error(response.status_code, response.headers, body)
+            reply = self.provider.parse(body)
+        return Answer(reply, latency, parse_rate_info(response.headers))
+
+    async def _read_stream(self, response: httpx.Response) -> Reply:
+        """Fold the server-sent events into a reply as they arrive; stop at the stream's end event."""
+        parser = self.provider.stream_parser()
+        events = EventSource(response).aiter_sse()
+        try:
+            async for event in events:
+                if parser.feed(event.event, event.data):
+                    break
+            # Read on to the body's end (normally at once) so the connection goes back to the pool; a
+            # server that keeps talking after the end event gets a second, then the connection closes.
+            with anyio.move_on_after(STREAM_DRAIN_S):
+                async for _ in events:
+                    pass
+        finally:
+            await events.aclose()
+        return parser.reply()  # raises a retryable error when the stream broke before its end
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    return "text/event-stream" in response.headers.get("content-type", "")
 
 
 def _proxy_configured() -> bool:

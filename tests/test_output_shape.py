@@ -158,7 +158,10 @@ def test_new_columns_survive_resume_and_the_cache(write_job: WriteJob, reviews: 
     assert output(job) == first
     assert first["r0001"]["completions"] == ['{"x": 1}', '{"x": 2}']
     assert first["r0001"]["json"] == '{"x":1}'
-    other = load_job(job.source or "", [JSON_MODE, "cache.enabled=true", cache, "output.path=other.parquet"])
+    other = load_job(
+        job.source or "",
+        [JSON_MODE, "cache.enabled=true", cache, f"output.path={reviews.parent / 'other.parquet'}"],
+    )
     cached_endpoint = json_endpoint(reviews, script)
     run(other, cached_endpoint)  # a new output file: answers come from the cache
     again = output(other)

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from batchrun.errors import ErrorClass, ProviderError
-from batchrun.providers.base import Auth, load_json, retryable_bad_reply
+from batchrun.providers.base import Auth, StreamParser, load_json, retryable_bad_reply
 from batchrun.providers.headers import wait_hint
 from batchrun.records import Reply, Request, Usage
 from batchrun.retry import FATAL_CODES, ROW_CODES, classify
@@ -139,6 +139,16 @@ class AnthropicProvider:
         if not isinstance(blocks, list):
             raise retryable_bad_reply("the reply has no content list")
         return reply_from_blocks(blocks, data.get("stop_reason"), data.get("usage"), data)
+
+    def streams(self, request: Request) -> bool:
+        """`stream: true`."""
+        return request.body.get("stream") is True
+
+    def stream_parser(self) -> StreamParser:
+        """Messages stream events."""
+        from batchrun.providers.streaming import AnthropicStream
+
+        return AnthropicStream()
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         """Read `{"type": "error", "error": {type, message}}` (or an OpenAI-shaped body) and classify it."""

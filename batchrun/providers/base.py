@@ -11,6 +11,18 @@ from batchrun.records import Reply, Request
 from batchrun.retry import classify
 
 
+class StreamParser(Protocol):
+    """Folds one streamed reply's server-sent events into a `Reply` (see `batchrun.providers.streaming`)."""
+
+    def feed(self, event: str, data: str) -> bool:
+        """Take one event; True when it was the stream's last. Raises `ProviderError` on an error event."""
+        ...
+
+    def reply(self) -> Reply:
+        """The whole reply; a retryable `ProviderError` if the stream did not reach its end."""
+        ...
+
+
 class Provider(Protocol):
     """A wire format: how to build a request, read a reply and read an error.
 
@@ -33,6 +45,14 @@ class Provider(Protocol):
 
     def parse(self, body: bytes) -> Reply:
         """Read a 200 reply; raise `ProviderError` when it is not a usable answer."""
+        ...
+
+    def streams(self, request: Request) -> bool:
+        """True when the request is sent with `stream: true` (its reply is read as server-sent events)."""
+        ...
+
+    def stream_parser(self) -> StreamParser:
+        """A fresh parser for one streamed reply."""
         ...
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from batchrun.errors import ProviderError
-from batchrun.providers.base import Auth, load_json, retryable_bad_reply
+from batchrun.providers.base import Auth, StreamParser, load_json, retryable_bad_reply
 from batchrun.providers.headers import wait_hint
 from batchrun.records import Reply, Request, Usage
 from batchrun.retry import classify
@@ -36,8 +36,8 @@ class OpenAIProvider:
 
     @classmethod
     def normalize_params(cls, params: dict[str, Any], *, batch_lines: bool) -> dict[str, Any]:
-        """`[params]` go into the body as given."""
-        return params
+        """`[params]` as given, completed for streaming (see `stream_fields`)."""
+        return {**params, **stream_fields(params)}
 
     def url(self) -> str:
         """`{base_url}/chat/completions`."""
@@ -48,8 +48,27 @@ class OpenAIProvider:
         return self._headers
 
     def content(self, request: Request) -> bytes:
-        """The body is already in OpenAI's shape: send the canonical bytes as they are."""
-        return request.payload
+        """The body is already in OpenAI's shape: send the canonical bytes as they are.
+
+        Only a batch line asking to stream without `stream_options` (which [params] cannot fill at load)
+        is encoded again, with them.
+        """
+        extra = stream_fields(request.body)
+        if not extra:
+            return request.payload
+        return json.dumps({**request.body, **extra}, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def streams(self, request: Request) -> bool:
+        """`stream: true`, or DashScope thinking (`enable_thinking: true`) with no `stream` set."""
+        body = request.body
+        stream = body.get("stream")
+        return stream is True or (stream is None and body.get("enable_thinking") is True)
+
+    def stream_parser(self) -> StreamParser:
+        """Chunks of `chat.completion.chunk`."""
+        from batchrun.providers.streaming import OpenAIStream
+
+        return OpenAIStream()
 
     def parse(self, body: bytes) -> Reply:
         """Read a `chat.completion` object."""
@@ -58,7 +77,7 @@ class OpenAIProvider:
             raise retryable_bad_reply("the reply is not a JSON object")
         if "error" in data and not data.get("choices"):
             # Some gateways answer 200 with an error object in the body.
-            raise _error_from_body(200, {}, data)
+            raise error_from_body(200, {}, data)
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices:
             raise retryable_bad_reply("the reply has no choices")
@@ -93,7 +112,19 @@ class OpenAIProvider:
             data = None
         if not isinstance(data, dict):
             data = {"error": {"message": body[:300].decode("utf-8", "replace").strip() or f"HTTP {status}"}}
-        return _error_from_body(status, headers, data)
+        return error_from_body(status, headers, data)
+
+
+def stream_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a body that streams still lacks: `stream_options.include_usage` (else no usage arrives), and
+    `stream: true` for DashScope thinking (`enable_thinking` works only when streaming), unless the body
+    sets `stream` itself."""
+    stream = body.get("stream")
+    if stream is None and body.get("enable_thinking") is True:
+        return {"stream": True, "stream_options": {"include_usage": True}}
+    if stream is True and "stream_options" not in body:
+        return {"stream_options": {"include_usage": True}}
+    return {}
 
 
 def _choice_index(choice: Any) -> int:
@@ -109,7 +140,8 @@ def _message_text(choice: Any) -> str | None:
     return content if isinstance(content, str) else None
 
 
-def _error_from_body(status: int, headers: Mapping[str, str], data: dict[str, Any]) -> ProviderError:
+def error_from_body(status: int, headers: Mapping[str, str], data: dict[str, Any]) -> ProviderError:
+    """A classified error from an OpenAI-shaped body (or DashScope's flat or Anthropic's nested one)."""
     error = data.get("error")
     if not isinstance(error, dict):
         # DashScope's native shape is flat; Anthropic's nests under "error" too.
