@@ -14,8 +14,9 @@ import pytest
 from batchrun.emulator import STATUS_TRUNCATED, EmulatorServer
 from batchrun.errors import ErrorClass, ProviderError
 from batchrun.job import load_job
+from batchrun.providers.openai import OpenAIProvider
 from batchrun.providers.streaming import AnthropicStream, OpenAIStream
-from batchrun.records import Usage
+from batchrun.records import Request, Usage
 from batchrun.runner import run_job
 from tests.test_runner_mock import WriteJob
 
@@ -304,3 +305,16 @@ def test_streamed_run_matches_the_whole_reply_run_despite_cut_streams(
     assert b.select(columns).equals(a)
     assert faulty.emulator.requests_by_status[STATUS_TRUNCATED] > 0
     assert b["attempts"].max() > 1  # type: ignore[operator]
+
+
+def test_batch_line_streaming_body_gets_the_usage_option() -> None:
+    """A streaming body lacking stream_options (a batch line) gets include_usage; others go as they are."""
+    provider = OpenAIProvider("http://llm.test/v1", None, {})
+    streaming = Request("c1", {"model": "m", "messages": [], "stream": True}, b"{}", 1, 1)
+    thinking = Request("c2", {"model": "m", "messages": [], "enable_thinking": True}, b"{}", 1, 1)
+    plain = Request("c3", {"model": "m", "messages": []}, b'{"as":"given"}', 1, 1)
+    assert json.loads(provider.content(streaming))["stream_options"] == {"include_usage": True}
+    assert json.loads(provider.content(thinking))["stream"] is True
+    assert provider.streams(thinking)
+    assert provider.content(plain) == b'{"as":"given"}'
+    assert not provider.streams(plain)

@@ -137,7 +137,9 @@ def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8000) -> 
     async def main() -> None:
         runner, bound = await _start_site(emulator, host, port)
         try:
-            print(f"batchrun emulator serving at {_base_url(host, bound)} (Ctrl+C to stop)", flush=True)
+            url = _base_url(host, bound)
+            root = url.removesuffix("/v1")
+            print(f"batchrun emulator serving at {url} (kind anthropic: {root}) (Ctrl+C to stop)", flush=True)
             await asyncio.Event().wait()  # forever; Ctrl+C cancels this task
         finally:
             await runner.cleanup()
