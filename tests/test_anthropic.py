@@ -62,6 +62,13 @@ def test_bearer_auth_is_an_option_and_job_headers_win() -> None:
     assert headers["anthropic-version"] == "2024-01-01"
 
 
+def test_openai_kind_can_send_the_key_as_x_api_key() -> None:
+    """`auth = "x-api-key"` works for the OpenAI kind too (gateways that want it), with no Bearer header."""
+    headers = make_provider("openai", "http://x/v1", "k", {}, "x-api-key").headers()
+    assert headers["x-api-key"] == "k"
+    assert "authorization" not in headers
+
+
 def test_system_and_developer_messages_are_lifted_to_the_top() -> None:
     """System and developer messages leave `messages` and join into the top-level `system`."""
     body = translated(
@@ -335,10 +342,11 @@ def test_preset_fills_the_anthropic_endpoint(write_job: WriteJob) -> None:
     assert job.provider.api_key_env == "DASHSCOPE_API_KEY"
 
 
+@pytest.mark.parametrize("auth", [None, "bearer"])
 def test_anthropic_run_end_to_end(
-    write_job: WriteJob, reviews: Path, monkeypatch: pytest.MonkeyPatch
+    write_job: WriteJob, reviews: Path, monkeypatch: pytest.MonkeyPatch, auth: str | None
 ) -> None:
-    """A run with kind anthropic sends Messages bodies and writes usage and cost like an OpenAI run."""
+    """A run with kind anthropic sends Messages bodies (key per `auth`) and writes usage and cost."""
     monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-qwen")
     seen: list[httpx.Request] = []
 
@@ -352,13 +360,16 @@ def test_anthropic_run_end_to_end(
         return httpx.Response(200, content=message([{"type": "text", "text": "positive"}], **usage))
 
     path = write_job("", header=ANTHROPIC_JOB.replace("api_key_required = false\n", "") + "max_tokens = 8\n")
-    job = load_job(path)
+    job = load_job(path, [f"provider.auth={auth}"] if auth else [])
     summary = run_job(job, transport=httpx.MockTransport(handler))
     frame = pl.read_parquet(job.output_path)
     assert summary.exit_code == 0
     assert len(seen) == 40
     assert str(seen[0].url) == "https://dashscope-intl.aliyuncs.com/apps/anthropic/v1/messages"
-    assert seen[0].headers["x-api-key"] == "sk-qwen"
+    if auth == "bearer":
+        assert seen[0].headers["authorization"] == "Bearer sk-qwen"
+    else:
+        assert seen[0].headers["x-api-key"] == "sk-qwen"
     assert frame["completion"].unique().to_list() == ["positive"]
     assert frame["prompt_tokens"].unique().to_list() == [30]
     assert frame["cached_tokens"].unique().to_list() == [10]
