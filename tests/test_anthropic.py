@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -375,3 +376,21 @@ def test_anthropic_run_end_to_end(
     assert frame["cached_tokens"].unique().to_list() == [10]
     expected_cost = (20 * 1.2 + 10 * 0.24 + 2 * 6.0) / 1e6  # qwen3-max, cached at 20% of input
     assert frame["cost_usd"][0] == pytest.approx(expected_cost)
+
+
+def test_example_anthropic_job_runs_on_the_emulator(cli: Callable[..., Any], tmp_path: Path) -> None:
+    """jobs/label_reviews_qwen_anthropic.toml runs on the emulator: every row a set_label tool call."""
+    output = tmp_path / "labels.parquet"
+    job = Path(__file__).resolve().parent.parent / "jobs" / "label_reviews_qwen_anthropic.toml"
+    overrides = ("--set", "provider.preset=emulator", "--set", "provider.kind=anthropic")
+    overrides += ("--set", "limits.requests_per_minute=600000")  # the job's 600 RPM would take 30 s
+    result = cli("run", job, *overrides, "--output", output)
+    frame = pl.read_parquet(output)
+    assert result.exit_code == 0, result.stderr
+    assert frame.height == 300
+    assert frame["finish_reason"].unique().to_list() == ["tool_calls"]
+    labels = {
+        json.loads(json.loads(calls)[0]["function"]["arguments"])["label"] for calls in frame["tool_calls"]
+    }
+    assert labels <= {"positive", "negative", "mixed"}
+    assert frame["reasoning"].null_count() == 0
