@@ -14,7 +14,7 @@ from batchrun.retry import classify
 
 
 class OpenAIProvider:
-    """The OpenAI chat-completions wire format with Bearer auth."""
+    """The OpenAI chat-completions wire format: Bearer auth (or `x-api-key`), JSON or streamed replies."""
 
     kind: ClassVar[str] = "openai"
     emulator_path: ClassVar[str] = "/v1"
@@ -116,9 +116,11 @@ class OpenAIProvider:
 
 
 def stream_fields(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What a body that streams still lacks: `stream_options.include_usage` (else no usage arrives), and
-    `stream: true` for DashScope thinking (`enable_thinking` works only when streaming), unless the body
-    sets `stream` itself."""
+    """The fields a streaming body still lacks; empty for a body that does not stream or lacks nothing.
+
+    `stream_options.include_usage`, else no usage arrives; and `stream: true` for DashScope thinking
+    (`enable_thinking` works only when streaming) unless the body sets `stream` itself.
+    """
     stream = body.get("stream")
     if stream is None and body.get("enable_thinking") is True:
         return {"stream": True, "stream_options": {"include_usage": True}}
