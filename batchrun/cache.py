@@ -19,7 +19,7 @@ from batchrun.records import Request, Result
 # The answer's fields worth keeping; the row-specific ones (custom_id, latency, attempts) are not.
 ANSWER_FIELDS = (
     "completion", "finish_reason", "reasoning", "tool_calls", "prompt_tokens", "completion_tokens",
-    "cached_tokens", "reasoning_tokens", "total_tokens", "model", "response_id",
+    "cached_tokens", "reasoning_tokens", "total_tokens", "model", "response_id", "completions", "json",
 )  # fmt: skip
 _SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, answer TEXT NOT NULL)"
 _LOOKUP_CHUNK = 500  # SQLite limits the number of bound parameters in one statement

@@ -33,9 +33,11 @@ def open_endpoint(job: Job) -> Iterator[str]:
         yield job.provider.base_url
         return
     from batchrun.emulator import EmulatorConfig, EmulatorServer
+    from batchrun.providers import KINDS
 
     with EmulatorServer(EmulatorConfig(latency_s=EMULATOR_LATENCY_S)) as server:
-        yield server.base_url
+        # The emulator speaks every kind, each where that kind's SDK expects it (`/v1` or the root).
+        yield server.root_url + KINDS[job.provider.kind].emulator_path
 
 
 def cache_scope(job: Job) -> str:

@@ -277,8 +277,6 @@ class PromptSet:
         body = record["body"]
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise ValueError("body.messages must be a list")
-        if body.get("stream"):
-            raise ValueError("body.stream = true is not supported yet (replies are read whole)")
         # The job's model and [params] win, so one batch file can be rerun against another setup.
         body = {**body, **self.job.params}
         if self.job.provider.model:

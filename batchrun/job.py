@@ -14,11 +14,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from batchrun import matrix, paths
 from batchrun.envvars import check_no_keys, expand_env
 from batchrun.errors import JobFileError
+from batchrun.providers import KINDS
 from batchrun.providers.presets import PRESETS
 
 # Keys whose values are file paths: resolved against the job file's folder or the working directory.
@@ -55,12 +64,20 @@ class ProviderSection(_Section):
     """`[provider]`: where requests go. A preset fills kind, base_url and api_key_env."""
 
     preset: str | None = None
-    kind: Literal["openai"] = "openai"
+    kind: str = "openai"  # a key of batchrun.providers.KINDS
     base_url: str | None = None
+    auth: Literal["bearer", "x-api-key"] | None = None  # how the key is sent; None: the kind's usual way
     api_key_env: str | None = None
     api_key_required: bool = True
     model: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+        return kind
 
     @model_validator(mode="after")
     def _has_endpoint(self) -> ProviderSection:
@@ -83,6 +100,8 @@ class LimitsSection(_Section):
     max_cost_usd: float | None = Field(default=None, gt=0)
     adaptive: bool = True  # learn concurrency and rate from 429s when no rate limit is configured
     max_outage_s: float = Field(default=1800.0, gt=0)  # give up (exit 3) when the provider is down this long
+    # JSON mode (`response_format`): send a row again while its completion does not parse (max_attempts).
+    retry_invalid_json: bool = False
 
 
 class PricingSection(_Section):
@@ -140,14 +159,22 @@ class Job(_Section):
     def _flat_matrix(cls, value: Any) -> dict[str, list[Any]]:
         return matrix.normalize(value)
 
+    @field_validator("params")
+    @classmethod
+    def _params_for_kind(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # The wire format checks (and may complete) its parameters; it needs the kind and the input style.
+        provider, prompt = info.data.get("provider"), info.data.get("prompt")
+        if provider is None or prompt is None:
+            return params  # those sections failed validation and are reported already
+        batch_lines = prompt.template is None and prompt.messages_column is None
+        return KINDS[provider.kind].normalize_params(params, batch_lines=batch_lines)
+
     @model_validator(mode="after")
     def _check_params(self) -> Job:
         for key in ("model", "messages"):
             if key in self.params:
                 where = "[provider] model" if key == "model" else "[prompt]"
                 raise ValueError(f"params.{key} is not allowed: set it in {where}")
-        if self.params.get("stream"):
-            raise ValueError("params.stream = true is not supported yet: remove it (replies are read whole)")
         uses_prompt = self.prompt.template is not None or self.prompt.messages_column is not None
         if uses_prompt and not self.provider.model and "provider.model" not in self.matrix:
             raise ValueError("[provider] model is required (the request's model)")

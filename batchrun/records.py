@@ -43,6 +43,7 @@ class Reply:
     response_id: str | None = None
     reasoning: str | None = None
     tool_calls: str | None = None  # JSON text
+    completions: tuple[str | None, ...] | None = None  # every choice's text, only when there are several
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,8 @@ class Result:
     error: str | None = None
     http_status: int | None = None
     cached: bool = False  # answered from the response cache: cost_usd is 0 on this run
+    completions: list[str | None] | None = None  # every choice (n > 1); null for a single choice
+    json: str | None = None  # the completion as canonical JSON text, when the request asked for JSON
     retryable: bool = False  # an error a rerun sends again (rate limits, 5xx); not an output column
 
     @property

@@ -39,6 +39,7 @@ from batchrun.providers import Provider, make_provider
 from batchrun.records import Reply, Request, Result, Usage
 from batchrun.retry import BackoffWait, retrying
 from batchrun.store import RunStore
+from batchrun.structured import INVALID_JSON, as_json, invalid_json_error, invalid_json_message, wants_json
 from batchrun.summary import Summary, failure_summary, summarize, summary_path, write_summary_json
 from batchrun.sweep import prompt_set, request_models
 from batchrun.transport import Answer, Sender, Timeouts, make_transport
@@ -135,7 +136,9 @@ async def _run_async(
         cache = ResponseCache(job.cache.path, kind=job.provider.kind, base_url=cache_scope(job))
     try:
         with open_endpoint(job) as base_url:
-            provider = make_provider(job.provider.kind, base_url, key, job.provider.headers)
+            provider = make_provider(
+                job.provider.kind, base_url, key, job.provider.headers, job.provider.auth
+            )
             runner = Runner(job, prompts, provider, RunStore(job.output_path), prices, cache, observers)
             return await runner.run(fresh=fresh, transport=transport)
     finally:
@@ -348,7 +351,8 @@ class Runner:
     async def _process(self, sender: Sender, request: Request) -> Result:
         """One row, with retries; a fatal error stops the run and cancels this task."""
         limits = self.job.limits
-        tries = _Tries()
+        json_mode = wants_json(request.body)
+        tries = _Tries(retry_json=json_mode and limits.retry_invalid_json)
         try:
             try:
                 answer = await self._attempt(sender, request, tries)
@@ -372,7 +376,9 @@ class Runner:
             if exc.error_class is ErrorClass.FATAL:
                 self._stop(exc)
             return _error_result(request.custom_id, exc, tries.made)
-        result = self._ok_result(request, answer.reply, answer.latency_s, tries.made)
+        result = self._ok_result(
+            request, answer.reply, answer.latency_s, tries.made, json_mode, tries.discarded_usd
+        )
         if self.cache is not None:
             self._to_cache.append((self.cache.key(request), result))
         return result
@@ -395,6 +401,11 @@ class Runner:
             self.limiter.abandon(ticket)
             raise
         self.limiter.on_success(ticket, answer.reply.usage, answer.rate)
+        text = answer.reply.completion
+        if tries.retry_json and tries.counted < self.job.limits.max_attempts and as_json(text) is None:
+            # The answer was paid for even though it is sent again: the row's cost includes it.
+            tries.discarded_usd += self.prices.cost(request.body.get("model"), answer.reply.usage) or 0
+            raise invalid_json_error(text)
         return answer
 
     def _check_outage(self) -> None:
@@ -405,11 +416,26 @@ class Runner:
             message = f"the provider has failed every request for {down_s:.0f} s ([limits] max_outage_s)"
             raise ProviderError(message, error_type=error_type, error_class=error_class)
 
-    def _ok_result(self, request: Request, reply: Reply, latency: float, attempts: int) -> Result:
+    def _ok_result(
+        self,
+        request: Request,
+        reply: Reply,
+        latency: float,
+        attempts: int,
+        json_mode: bool = False,
+        discarded_usd: float = 0.0,
+    ) -> Result:
         usage = reply.usage
+        cost = self.prices.cost(request.body.get("model"), usage)
+        if discarded_usd and cost is not None:
+            cost += discarded_usd
+        parsed = as_json(reply.completion) if json_mode else None
+        # JSON mode and the completion does not parse: the answer is kept (it was paid for) but the row
+        # is an error a rerun does not resend.
+        invalid = json_mode and parsed is None
         return Result(
             custom_id=request.custom_id,
-            status="ok",
+            status="error" if invalid else "ok",
             completion=reply.completion,
             finish_reason=reply.finish_reason,
             reasoning=reply.reasoning,
@@ -419,11 +445,16 @@ class Runner:
             cached_tokens=usage.cached_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             total_tokens=usage.total_tokens,
-            cost_usd=self.prices.cost(request.body.get("model"), usage),
+            cost_usd=cost,
             model=reply.model,
             response_id=reply.response_id,
             latency_s=latency,
             attempts=attempts,
+            error_type=INVALID_JSON if invalid else None,
+            error=invalid_json_message(reply.completion) if invalid else None,
+            http_status=200 if invalid else None,
+            completions=list(reply.completions) if reply.completions is not None else None,
+            json=parsed,
         )
 
     def _stop(self, exc: ProviderError) -> None:
@@ -462,6 +493,8 @@ class _Tries:
 
     made: int = 0
     counted: int = 0
+    retry_json: bool = False  # JSON mode and `[limits] retry_invalid_json`: a non-JSON answer is sent again
+    discarded_usd: float = 0.0  # what the answers sent again for invalid JSON cost
 
 
 def _error_result(custom_id: str, exc: ProviderError, attempts: int) -> Result:

@@ -49,6 +49,8 @@ def result_schema() -> dict[str, Any]:
             schema[name] = pl.Float64
         elif name in ("retryable", "cached"):
             schema[name] = pl.Boolean
+        elif name == "completions":
+            schema[name] = pl.List(pl.String)
         else:
             schema[name] = pl.String
     return schema

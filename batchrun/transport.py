@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import httpx
+from httpx_sse import EventSource
 
 from batchrun.errors import ProviderError
 from batchrun.providers.base import Provider
@@ -31,6 +32,8 @@ from batchrun.retry import classify
 
 if TYPE_CHECKING:
     import aiohttp
+
+STREAM_DRAIN_S = 1.0  # how long to read on after a stream's end event
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,8 @@ class Sender:
         self._header_dict = provider.headers()
         self._url = httpx.URL(self._url_text)
         self._headers = httpx.Headers(self._header_dict)
+        # Asking for an event stream is also what makes `AiohttpTransport` pass the body through unread.
+        self._stream_headers = httpx.Headers({**self._header_dict, "accept": "text/event-stream"})
         total = timeouts.total_s
         self._extensions = {
             "timeout": {"connect": timeouts.connect_s, "read": total, "write": total, "pool": total}
@@ -170,35 +175,73 @@ class Sender:
         import aiohttp
 
         content = self.provider.content(request)
+        streaming = self.provider.streams(request)
         started = time.perf_counter()
         try:
-            if isinstance(self.transport, AiohttpTransport):
+            if streaming or not isinstance(self.transport, AiohttpTransport):
+                status, headers, body, reply = await self._send_via_httpx(content, streaming)
+            else:
                 status, headers, body = await self.transport.post(
                     self._url_text, self._header_dict, content, self.timeouts
                 )
-            else:
-                status, headers, body = await self._send_via_httpx(content)
+                reply = None
         except (TimeoutError, httpx.TimeoutException):
             raise _transient("timeout", f"no complete reply within {self.timeouts.total_s:g} s") from None
         except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
             raise _transient("connection", f"{type(exc).__name__}: {exc}") from None
         latency = time.perf_counter() - started
-        if status != 200:
-            raise self.provider.error(status, headers, body)
-        return Answer(self.provider.parse(body), latency, parse_rate_info(headers))
+        if reply is None:
+            if status != 200:
+                raise self.provider.error(status, headers, body)
+            reply = self.provider.parse(body)
+        return Answer(reply, latency, parse_rate_info(headers))
 
-    async def _send_via_httpx(self, content: bytes) -> tuple[int, Mapping[str, str], bytes]:
-        """Any other httpx transport (`httpx.MockTransport` in tests): the same exchange through httpx."""
+    async def _send_via_httpx(
+        self, content: bytes, streaming: bool
+    ) -> tuple[int, Mapping[str, str], bytes, Reply | None]:
+        """The exchange through httpx's interface: event streams, and any other transport (tests' mocks).
+
+        Returns the status, headers and body, and the reply when it came as an event stream (the body is
+        then empty).
+        """
+        headers = self._stream_headers if streaming else self._headers
         http_request = httpx.Request(
-            "POST", self._url, headers=self._headers, content=content, extensions=self._extensions
+            "POST", self._url, headers=headers, content=content, extensions=self._extensions
         )
+        body = b""
+        reply: Reply | None = None
         with anyio.fail_after(self.timeouts.total_s):
             response = await self.transport.handle_async_request(http_request)
             try:
-                body = await response.aread()
+                if streaming and response.status_code == 200 and _is_event_stream(response):
+                    reply = await self._read_stream(response)
+                else:
+                    # An error, or a server that answered a stream request with one JSON reply.
+                    body = await response.aread()
             finally:
                 await response.aclose()
-        return response.status_code, response.headers, body
+        return response.status_code, response.headers, body, reply
+
+    async def _read_stream(self, response: httpx.Response) -> Reply:
+        """Fold the server-sent events into a reply as they arrive; stop at the stream's end event."""
+        parser = self.provider.stream_parser()
+        events = EventSource(response).aiter_sse()
+        try:
+            async for event in events:
+                if parser.feed(event.event, event.data):
+                    break
+            # Read on to the body's end (normally at once) so the connection goes back to the pool; a
+            # server that keeps talking after the end event gets a second, then the connection closes.
+            with anyio.move_on_after(STREAM_DRAIN_S):
+                async for _ in events:
+                    pass
+        finally:
+            await events.aclose()
+        return parser.reply()  # raises a retryable error when the stream broke before its end
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    return "text/event-stream" in response.headers.get("content-type", "")
 
 
 def _proxy_configured() -> bool:

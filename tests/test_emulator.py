@@ -170,7 +170,7 @@ def test_directive_in_last_user_message_gives_400(client: httpx.Client) -> None:
         (json.dumps({"model": "m", "messages": []}).encode(), "messages", "'messages'"),
         (json.dumps({"model": "m", "messages": ["x"]}).encode(), "messages[0]", "'messages[0]'"),
         (json.dumps(_body("x", max_tokens=0)).encode(), "max_tokens", "'max_tokens'"),
-        (json.dumps(_body("x", stream=True)).encode(), "stream", "streaming is not supported"),
+        (json.dumps(_body("x", n=11)).encode(), "n", "'n'"),
     ],
 )
 def test_invalid_body_gives_400_saying_what_is_wrong(

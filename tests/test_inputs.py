@@ -410,8 +410,8 @@ def test_slices_number_rows_across_slices_in_error_messages(
     assert out.index(errors[0]) == 8
 
 
-def test_batch_line_asking_for_stream_is_an_invalid_input_row(write_job: WriteJob, tmp_path: Path) -> None:
-    """A batch line whose body sets `stream: true` fails as invalid_input, as `params.stream = true` does."""
+def test_batch_line_asking_for_stream_is_sent_streaming(write_job: WriteJob, tmp_path: Path) -> None:
+    """A batch line whose body sets `stream: true` is a request that keeps it (its reply is read as SSE)."""
     line = {
         "custom_id": "s-1",
         "method": "POST",
@@ -421,8 +421,8 @@ def test_batch_line_asking_for_stream_is_an_invalid_input_row(write_job: WriteJo
     path = tmp_path / "stream.jsonl"
     path.write_text(json.dumps(line) + "\n", encoding="utf-8")
     (item,) = items(PromptSet(make_job(write_job, path, prompt="", id_column=None, model=None)))
-    assert isinstance(item, Result)
-    assert item.error_type == "invalid_input"
+    assert isinstance(item, Request)
+    assert item.body["stream"] is True
 
 
 def test_blank_lines_in_a_batch_file_are_skipped(write_job: WriteJob, batch_lines: Path) -> None:

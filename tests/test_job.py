@@ -220,8 +220,9 @@ def test_unknown_keys_and_wrong_types_name_the_file_and_key(
 
 def test_wrong_provider_kind_is_rejected(write_job: WriteJob) -> None:
     """A `kind` batchrun does not speak is rejected naming `[provider] kind`."""
-    path = write_job(URL, header=job_text(f'kind = "anthropic"\nbase_url = "{URL}"\nmodel = "m"'))
-    assert "[provider] kind" in load_error(path)
+    path = write_job(URL, header=job_text(f'kind = "gemini"\nbase_url = "{URL}"\nmodel = "m"'))
+    message = load_error(path)
+    assert "[provider] kind: unknown kind 'gemini'; known: anthropic, openai" in message
 
 
 @pytest.mark.parametrize(
@@ -232,11 +233,10 @@ def test_wrong_provider_kind_is_rejected(write_job: WriteJob) -> None:
             'messages = [{ role = "user", content = "hi" }]',
             "params.messages is not allowed: set it in [prompt]",
         ),
-        ("stream = true", "params.stream = true is not supported"),
     ],
 )
 def test_reserved_params_are_rejected(write_job: WriteJob, params: str, fragment: str) -> None:
-    """`params.model`, `params.messages` and `params.stream = true` are refused at load time."""
+    """`params.model` and `params.messages` are refused at load time."""
     path = write_job(URL, header=job_text(extra=f"\n[params]\n{params}\n"))
     message = load_error(path)
     assert str(path) in message
@@ -244,9 +244,26 @@ def test_reserved_params_are_rejected(write_job: WriteJob, params: str, fragment
 
 
 def test_stream_false_is_accepted(write_job: WriteJob) -> None:
-    """`params.stream = false` asks for what batchrun does anyway, so it loads."""
+    """`params.stream = false` loads as it is, with nothing added."""
     job = load_job(write_job(URL, header=job_text(extra="\n[params]\nstream = false\n")))
     assert job.params == {"stream": False}
+
+
+def test_stream_true_asks_for_the_usage_chunk(write_job: WriteJob) -> None:
+    """`params.stream = true` (kind openai) gets `stream_options.include_usage` added, so usage arrives."""
+    job = load_job(write_job(URL, header=job_text(extra="\n[params]\nstream = true\n")))
+    assert job.params == {"stream": True, "stream_options": {"include_usage": True}}
+
+
+def test_dashscope_thinking_streams(write_job: WriteJob) -> None:
+    """`enable_thinking = true` without `stream` turns streaming on (DashScope allows thinking only so)."""
+    job = load_job(write_job(URL, header=job_text(extra="\n[params]\nenable_thinking = true\n")))
+    assert job.params["stream"] is True
+    assert job.params["stream_options"] == {"include_usage": True}
+    kept = load_job(
+        write_job(URL, header=job_text(extra="\n[params]\nenable_thinking = true\nstream = false\n"))
+    )
+    assert kept.params == {"enable_thinking": True, "stream": False}
 
 
 def test_template_and_messages_column_together_are_rejected(write_job: WriteJob) -> None:

@@ -1,4 +1,4 @@
-"""A local OpenAI-compatible chat-completions server: the demo provider, and the target of tests and benches.
+"""A local OpenAI- and Anthropic-compatible server: the demo provider, and the target of tests and benches.
 
 Every answer is deterministic. The reply text is a function of the model and the messages only, so a rerun
 of the same prompt set gives the same output; injected faults (429, 500, 502, 503, 529, dropped connections,
@@ -8,11 +8,15 @@ are enforced per second like DashScope and OpenAI do, with or without OpenAI's r
 optional outage window answers every request 503. Requests are cheap to answer (no logging, stdlib `json`,
 each feature costs nothing while it is off) so benchmarks measure the client.
 
-Endpoints: `POST /v1/chat/completions` (also `/chat/completions`), `GET /v1/models`, `GET /health`.
+Endpoints: `POST /v1/chat/completions` (also `/chat/completions`), `POST /v1/messages` (Anthropic),
+`GET /v1/models`, `GET /health`. Both chat endpoints answer as JSON, or as server-sent events when the
+request sets `stream: true`; on request they add thinking (`enable_thinking` / `thinking`), call a tool the
+request offers (`tools`), answer JSON (`response_format`) or several choices (`n`): see `answers`.
 
-Modules: `config` (EmulatorConfig), `replies` (parsing, reply text, usage), `ratelimit` (RPM/TPM buckets
-and headers), `faults` (the fault draw and broken connections), `app` (the handler and counters), `server`
-(EmulatorServer and serve).
+Modules: `config` (EmulatorConfig), `replies` (parsing, reply text, usage), `answers` (thinking, tool
+calls, JSON, n), `dialects` (the OpenAI and Anthropic wire formats, JSON and SSE), `ratelimit` (RPM/TPM
+buckets and headers), `faults` (the fault draw, broken connections and cut streams), `app` (the handlers
+and counters), `server` (EmulatorServer and serve).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""The emulator's aiohttp application: the chat-completions handler and its counters."""
+"""The emulator's aiohttp application: the chat-completions and messages handlers and their counters."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 import json
 import math
@@ -12,13 +13,16 @@ from typing import Any
 
 from aiohttp import web
 
+from batchrun.emulator.answers import answer
 from batchrun.emulator.config import DEFAULT_CONFIG, EmulatorConfig
+from batchrun.emulator.dialects import ANTHROPIC, OPENAI, Dialect, Parsed
 from batchrun.emulator.faults import (
     ERROR_BODIES,
     OUTAGE_BODY,
     Fault,
     FaultPicker,
     drop_connection,
+    send_stream,
     send_truncated,
 )
 from batchrun.emulator.ratelimit import LIMIT_BODIES, RateLimiter
@@ -29,10 +33,7 @@ from batchrun.emulator.replies import (
     BadRequest,
     completion,
     count_tokens,
-    error_body,
-    parse,
     prompt_tokens,
-    reply_body,
     wants_400,
 )
 
@@ -47,6 +48,17 @@ STATUS_TRUNCATED = -1
 
 def _json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+@functools.lru_cache(maxsize=64)
+def _anthropic_error(status: int, openai_body: bytes) -> bytes:
+    error = json.loads(openai_body)["error"]
+    return ANTHROPIC.error(status, error["message"], error.get("type") or "")
+
+
+def _in_dialect(dialect: Dialect, status: int, openai_body: bytes) -> bytes:
+    """One of the emulator's stock error bodies (written in OpenAI's shape) in the dialect's own shape."""
+    return openai_body if dialect is OPENAI else _anthropic_error(status, openai_body)
 
 
 class Emulator:
@@ -76,7 +88,6 @@ class Emulator:
         self.throttled: collections.Counter[str] = collections.Counter()
         self._attempts: collections.Counter[str] = collections.Counter()
         self._admitted = 0  # requests let through, for `hold_after`
-        self._expected_auth = None if config.api_key is None else f"Bearer {config.api_key}"
         self._retry_headers: dict[str, str] | None = None  # for injected 429s, whose wait is configured
         if config.rate_limit_headers:
             ms = round(config.retry_after_s * 1000, 3)  # rounded so 0.07 s reads "70.0", not "70.000...01"
@@ -92,6 +103,7 @@ class Emulator:
         self.app.on_startup.append(self._on_startup)
         self.app.router.add_post("/v1/chat/completions", self._chat_completions)
         self.app.router.add_post("/chat/completions", self._chat_completions)
+        self.app.router.add_post("/v1/messages", self._messages)
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_get("/health", self._health)
 
@@ -118,6 +130,12 @@ class Emulator:
         return response
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, OPENAI)
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, ANTHROPIC)
+
+    async def _serve(self, request: web.Request, dialect: Dialect) -> web.StreamResponse:
         raw = await request.read()
         config = self.config
         if config.hold_after is not None:
@@ -129,63 +147,67 @@ class Emulator:
         if self._outage is not None and self._outage[0] <= time.monotonic() < self._outage[1]:
             if config.latency_s > 0:
                 await asyncio.sleep(config.latency_s)
-            return self._count(_json_response(503, OUTAGE_BODY))
+            return self._count(_json_response(503, _in_dialect(dialect, 503, OUTAGE_BODY)))
 
-        checked = self._check(raw, request.headers.get("Authorization"))
+        checked = self._check(raw, request.headers, dialect)
         if isinstance(checked, web.Response):
             if config.latency_s > 0:
                 await asyncio.sleep(config.latency_s)
             return self._count(checked)
-        body, limit = checked
-        messages: list[Any] = body["messages"]
+        messages = checked.messages
+        limit = checked.limit
 
         headers: dict[str, str] | None = None
         if self._limiter is not None:
-            cost = self._token_cost(body["model"], messages, limit) if self._limiter.counts_tokens else 0
+            cost = self._token_cost(checked.model, messages, limit) if self._limiter.counts_tokens else 0
             verdict = self._limiter.admit(cost, time.monotonic())
             headers = verdict.headers
             if verdict.refused is not None:
                 # At once: a provider's gateway refuses before any model work, so no latency.
                 self.throttled[verdict.refused] += 1
-                return self._count(_json_response(429, LIMIT_BODIES[verdict.refused], headers))
+                body = _in_dialect(dialect, 429, LIMIT_BODIES[verdict.refused])
+                return self._count(_json_response(429, body, headers))
 
         if config.latency_s > 0:
             await asyncio.sleep(config.latency_s)
         key = hashlib.sha256(raw).hexdigest()[:32]
         self._attempts[key] += 1
         if wants_400(messages):
-            return self._count(_json_response(400, ERROR_DIRECTIVE, headers))
+            return self._count(_json_response(400, _in_dialect(dialect, 400, ERROR_DIRECTIVE), headers))
 
-        if self._faults.active:
-            fault = self._faults.pick(key, self._attempts[key])
-            if fault is Fault.SLOW:
-                await asyncio.sleep(config.slow_s)  # then answered like any other request
-            elif fault is Fault.DROP:
-                self.requests_by_status[STATUS_DROPPED] += 1
-                return drop_connection(request)
-            elif fault is Fault.TRUNCATE:
-                self.requests_by_status[STATUS_TRUNCATED] += 1
-                full = reply_body(key, body["model"], messages, limit)
-                return await send_truncated(request, full, headers)
-            elif fault is not None:
-                status, error = ERROR_BODIES[fault]
-                if fault is Fault.E429 and self._retry_headers is not None:
-                    headers = {**headers, **self._retry_headers} if headers else self._retry_headers
-                return self._count(_json_response(status, error, headers))
+        fault = self._faults.pick(key, self._attempts[key]) if self._faults.active else None
+        if fault is Fault.SLOW:
+            await asyncio.sleep(config.slow_s)  # then answered like any other request
+        elif fault is Fault.DROP:
+            self.requests_by_status[STATUS_DROPPED] += 1
+            return drop_connection(request)
+        elif fault is not None and fault is not Fault.TRUNCATE:
+            status, error = ERROR_BODIES[fault]
+            if fault is Fault.E429 and self._retry_headers is not None:
+                headers = {**headers, **self._retry_headers} if headers else self._retry_headers
+            return self._count(_json_response(status, _in_dialect(dialect, status, error), headers))
 
+        reply = answer(key, checked.model, messages, limit, checked.options)
+        if fault is Fault.TRUNCATE:
+            self.requests_by_status[STATUS_TRUNCATED] += 1
+            if checked.stream:
+                return await send_stream(request, dialect.events(key, checked, reply), headers, cut=True)
+            return await send_truncated(request, dialect.reply(key, checked, reply), headers)
         self.answered[key] += 1
-        return self._count(_json_response(200, reply_body(key, body["model"], messages, limit), headers))
+        if checked.stream:
+            self.requests_by_status[200] += 1
+            return await send_stream(request, dialect.events(key, checked, reply), headers)
+        return self._count(_json_response(200, dialect.reply(key, checked, reply), headers))
 
-    def _check(
-        self, raw: bytes, authorization: str | None
-    ) -> web.Response | tuple[dict[str, Any], int | None]:
-        """The 401 or 400 a request gets, or its parsed body and completion-token limit."""
-        if self._expected_auth is not None and authorization != self._expected_auth:
-            return _json_response(401, ERROR_401)
+    def _check(self, raw: bytes, headers: Any, dialect: Dialect) -> web.Response | Parsed:
+        """The 401 or 400 a request gets, or the request parsed."""
+        api_key = self.config.api_key
+        if api_key is not None and not dialect.authorized(headers, api_key):
+            return _json_response(401, _in_dialect(dialect, 401, ERROR_401))
         try:
-            return parse(raw)
+            return dialect.parse(raw)
         except BadRequest as exc:
-            return _json_response(400, error_body(str(exc), "invalid_request_error", exc.param))
+            return _json_response(400, dialect.error(400, str(exc), "invalid_request_error", exc.param))
 
     @staticmethod
     def _token_cost(model: str, messages: list[Any], limit: int | None) -> int:

@@ -17,7 +17,15 @@ from aiohttp import web
 from batchrun.emulator.config import FAULT_RATES, EmulatorConfig
 from batchrun.emulator.replies import error_body
 
-__all__ = ["ERROR_BODIES", "OUTAGE_BODY", "Fault", "FaultPicker", "drop_connection", "send_truncated"]
+__all__ = [
+    "ERROR_BODIES",
+    "OUTAGE_BODY",
+    "Fault",
+    "FaultPicker",
+    "drop_connection",
+    "send_stream",
+    "send_truncated",
+]
 
 
 class Fault(enum.Enum):
@@ -29,7 +37,9 @@ class Fault(enum.Enum):
     E503 = "rate_503"
     E529 = "rate_529"
     DROP = "rate_drop"  # the connection is closed without a reply
-    TRUNCATE = "rate_truncate"  # 200 and its headers, half the body, then the connection is closed
+    TRUNCATE = (
+        "rate_truncate"  # 200 and its headers, half the body (or stream), then the connection is closed
+    )
     SLOW = "rate_slow"  # a normal 200, `slow_s` late
 
 
@@ -127,4 +137,27 @@ async def send_truncated(
     transport = request.transport
     if transport is not None:
         transport.close()  # close(), not abort(): what was written is flushed first
+    return response
+
+
+async def send_stream(
+    request: web.Request, frames: list[bytes], headers: dict[str, str] | None, *, cut: bool = False
+) -> web.StreamResponse:
+    """Send server-sent events one frame at a time; `cut`: only the first half, then close the connection.
+
+    A cut stream is the streaming form of a truncated body: the client has a 200 and some of the answer,
+    but never the stream's end (`[DONE]`, `message_stop`).
+    """
+    response = web.StreamResponse(status=200, headers=headers)
+    response.content_type = "text/event-stream"
+    response.headers["Cache-Control"] = "no-cache"
+    sent = frames[: len(frames) // 2] if cut else frames
+    with contextlib.suppress(ConnectionResetError):
+        await response.prepare(request)
+        for frame in sent:
+            await response.write(frame)
+        if not cut:
+            await response.write_eof()
+    if cut and request.transport is not None:
+        request.transport.close()
     return response

@@ -1,10 +1,9 @@
-"""What the emulator answers: request parsing, the deterministic reply text, usage and OpenAI error bodies."""
+"""What the emulator answers: chat request parsing, the deterministic reply text, token counts, errors."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from typing import Any
 
 __all__ = [
@@ -19,7 +18,6 @@ __all__ = [
     "error_body",
     "parse",
     "prompt_tokens",
-    "reply_body",
     "reply_text",
     "wants_400",
 ]
@@ -149,41 +147,9 @@ def parse(raw: bytes) -> tuple[dict[str, Any], int | None]:
             raise BadRequest(
                 f"'messages[{i}].content' must be a string or a list of parts.", f"messages[{i}]"
             )
-    if body.get("stream") is True:
-        raise BadRequest("streaming is not supported by the emulator yet", "stream")
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise BadRequest(f"'{name}' must be an integer >= 1, got {value!r}.", name)
     # The newer name wins when both are sent; valid limits are >= 1, so `or` only skips absent ones.
     return body, body.get("max_completion_tokens") or body.get("max_tokens")
-
-
-def reply_body(key: str, model: str, messages: list[Any], limit: int | None) -> bytes:
-    """The JSON of a 200 chat.completion for a parsed request whose request key is `key`."""
-    text, finish_reason = completion(model, messages, limit)
-    prompt = prompt_tokens(messages)
-    completion_tokens = count_tokens(text)
-    reply = {
-        "id": f"chatcmpl-emu-{key[:24]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": "emulator",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0},
-        },
-    }
-    return json.dumps(reply).encode()

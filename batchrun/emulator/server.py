@@ -60,6 +60,11 @@ class EmulatorServer:
             raise RuntimeError("EmulatorServer.base_url is only known after start()")
         return self._base_url
 
+    @property
+    def root_url(self) -> str:
+        """The server's root, e.g. `http://127.0.0.1:43121`: the Anthropic base URL (+ `/v1/messages`)."""
+        return self.base_url.removesuffix("/v1")
+
     def start(self, timeout: float = 10.0) -> str:
         """Start serving in a daemon thread, wait until it listens, and return the base URL."""
         if self._thread is not None:
@@ -132,7 +137,9 @@ def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8000) -> 
     async def main() -> None:
         runner, bound = await _start_site(emulator, host, port)
         try:
-            print(f"batchrun emulator serving at {_base_url(host, bound)} (Ctrl+C to stop)", flush=True)
+            url = _base_url(host, bound)
+            root = url.removesuffix("/v1")
+            print(f"batchrun emulator serving at {url} (kind anthropic: {root}) (Ctrl+C to stop)", flush=True)
             await asyncio.Event().wait()  # forever; Ctrl+C cancels this task
         finally:
             await runner.cleanup()

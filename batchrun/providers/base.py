@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from batchrun.errors import ProviderError
 from batchrun.records import Reply, Request
 from batchrun.retry import classify
+
+
+class StreamParser(Protocol):
+    """Folds one streamed reply's server-sent events into a `Reply` (see `batchrun.providers.streaming`)."""
+
+    def feed(self, event: str, data: str) -> bool:
+        """Take one event; True when it was the stream's last. Raises `ProviderError` on an error event."""
+        ...
+
+    def reply(self) -> Reply:
+        """The whole reply; a retryable `ProviderError` if the stream did not reach its end."""
+        ...
 
 
 class Provider(Protocol):
@@ -35,8 +47,37 @@ class Provider(Protocol):
         """Read a 200 reply; raise `ProviderError` when it is not a usable answer."""
         ...
 
+    def streams(self, request: Request) -> bool:
+        """True when the request is sent with `stream: true` (its reply is read as server-sent events)."""
+        ...
+
+    def stream_parser(self) -> StreamParser:
+        """A fresh parser for one streamed reply."""
+        ...
+
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         """Turn a non-200 reply into a classified `ProviderError`."""
+        ...
+
+
+Auth = Literal["bearer", "x-api-key"]
+"""How the API key is sent: `Authorization: Bearer KEY` or `x-api-key: KEY`; None: the kind's default."""
+
+
+class ProviderType(Protocol):
+    """A wire format's class: what the registry holds, checks a job's params at load, builds adapters."""
+
+    kind: str
+    emulator_path: str  # where the built-in emulator serves this kind, relative to its root URL
+
+    def __call__(
+        self, base_url: str, api_key: str | None, extra_headers: Mapping[str, str], auth: Auth | None = None
+    ) -> Provider:
+        """An adapter for one endpoint."""
+        ...
+
+    def normalize_params(self, params: dict[str, Any], *, batch_lines: bool) -> dict[str, Any]:
+        """The job's `[params]` as this kind sends them; ValueError (naming the key) when they cannot work."""
         ...
 
 

@@ -7,22 +7,37 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from batchrun.errors import ProviderError
-from batchrun.providers.base import load_json, retryable_bad_reply
+from batchrun.providers.base import Auth, StreamParser, load_json, retryable_bad_reply
 from batchrun.providers.headers import wait_hint
 from batchrun.records import Reply, Request, Usage
 from batchrun.retry import classify
 
 
 class OpenAIProvider:
-    """The OpenAI chat-completions wire format with Bearer auth."""
+    """The OpenAI chat-completions wire format: Bearer auth (or `x-api-key`), JSON or streamed replies."""
 
     kind: ClassVar[str] = "openai"
+    emulator_path: ClassVar[str] = "/v1"
 
-    def __init__(self, base_url: str, api_key: str | None, extra_headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        extra_headers: Mapping[str, str],
+        auth: Auth | None = None,
+    ) -> None:
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {"content-type": "application/json", "accept": "application/json", **extra_headers}
         if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
+            if auth == "x-api-key":
+                self._headers["x-api-key"] = api_key
+            else:
+                self._headers["authorization"] = f"Bearer {api_key}"
+
+    @classmethod
+    def normalize_params(cls, params: dict[str, Any], *, batch_lines: bool) -> dict[str, Any]:
+        """`[params]` as given, completed for streaming (see `stream_fields`)."""
+        return {**params, **stream_fields(params)}
 
     def url(self) -> str:
         """`{base_url}/chat/completions`."""
@@ -33,8 +48,27 @@ class OpenAIProvider:
         return self._headers
 
     def content(self, request: Request) -> bytes:
-        """The body is already in OpenAI's shape: send the canonical bytes as they are."""
-        return request.payload
+        """The body is already in OpenAI's shape: send the canonical bytes as they are.
+
+        Only a batch line asking to stream without `stream_options` (which [params] cannot fill at load)
+        is encoded again, with them.
+        """
+        extra = stream_fields(request.body)
+        if not extra:
+            return request.payload
+        return json.dumps({**request.body, **extra}, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def streams(self, request: Request) -> bool:
+        """`stream: true`, or DashScope thinking (`enable_thinking: true`) with no `stream` set."""
+        body = request.body
+        stream = body.get("stream")
+        return stream is True or (stream is None and body.get("enable_thinking") is True)
+
+    def stream_parser(self) -> StreamParser:
+        """Chunks of `chat.completion.chunk`."""
+        from batchrun.providers.streaming import OpenAIStream
+
+        return OpenAIStream()
 
     def parse(self, body: bytes) -> Reply:
         """Read a `chat.completion` object."""
@@ -43,7 +77,7 @@ class OpenAIProvider:
             raise retryable_bad_reply("the reply is not a JSON object")
         if "error" in data and not data.get("choices"):
             # Some gateways answer 200 with an error object in the body.
-            raise _error_from_body(200, {}, data)
+            raise error_from_body(200, {}, data)
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices:
             raise retryable_bad_reply("the reply has no choices")
@@ -52,6 +86,13 @@ class OpenAIProvider:
         if not isinstance(message, dict):
             raise retryable_bad_reply("the reply's first choice has no message object")
         tool_calls = message.get("tool_calls")
+        completions = None
+        if len(choices) > 1:  # n > 1: every choice's text, in index order
+            ordered = sorted(choices, key=_choice_index)
+            completions = tuple(_message_text(c) for c in ordered)
+            choice = ordered[0]
+            message = choice["message"]
+            tool_calls = message.get("tool_calls")
         return Reply(
             completion=message.get("content"),
             finish_reason=choice.get("finish_reason"),
@@ -60,6 +101,7 @@ class OpenAIProvider:
             response_id=data.get("id"),
             reasoning=message.get("reasoning_content") or message.get("reasoning"),
             tool_calls=json.dumps(tool_calls, ensure_ascii=False) if tool_calls else None,
+            completions=completions,
         )
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
@@ -70,10 +112,38 @@ class OpenAIProvider:
             data = None
         if not isinstance(data, dict):
             data = {"error": {"message": body[:300].decode("utf-8", "replace").strip() or f"HTTP {status}"}}
-        return _error_from_body(status, headers, data)
+        return error_from_body(status, headers, data)
 
 
-def _error_from_body(status: int, headers: Mapping[str, str], data: dict[str, Any]) -> ProviderError:
+def stream_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields a streaming body still lacks; empty for a body that does not stream or lacks nothing.
+
+    `stream_options.include_usage`, else no usage arrives; and `stream: true` for DashScope thinking
+    (`enable_thinking` works only when streaming) unless the body sets `stream` itself.
+    """
+    stream = body.get("stream")
+    if stream is None and body.get("enable_thinking") is True:
+        return {"stream": True, "stream_options": {"include_usage": True}}
+    if stream is True and "stream_options" not in body:
+        return {"stream_options": {"include_usage": True}}
+    return {}
+
+
+def _choice_index(choice: Any) -> int:
+    index = choice.get("index") if isinstance(choice, dict) else None
+    return index if isinstance(index, int) else 0
+
+
+def _message_text(choice: Any) -> str | None:
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise retryable_bad_reply("a choice of the reply has no message object")
+    content = message.get("content")
+    return content if isinstance(content, str) else None
+
+
+def error_from_body(status: int, headers: Mapping[str, str], data: dict[str, Any]) -> ProviderError:
+    """A classified error from an OpenAI-shaped body (or DashScope's flat or Anthropic's nested one)."""
     error = data.get("error")
     if not isinstance(error, dict):
         # DashScope's native shape is flat; Anthropic's nests under "error" too.

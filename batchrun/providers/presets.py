@@ -76,6 +76,22 @@ PRESETS: dict[str, Preset] = {
             f"{_DASHSCOPE}, US",
             "qwen3-max",
         ),
+        Preset(
+            "qwen-cloud-anthropic",
+            "anthropic",
+            "https://dashscope-intl.aliyuncs.com/apps/anthropic",
+            "DASHSCOPE_API_KEY",
+            "Qwen Cloud (Model Studio), Anthropic-compatible mode, Singapore",
+            "qwen3-max",
+        ),
+        Preset(
+            "anthropic",
+            "anthropic",
+            "https://api.anthropic.com",
+            "ANTHROPIC_API_KEY",
+            "Anthropic",
+            "claude-sonnet-4-5",
+        ),
         Preset("openai", "openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "OpenAI", "gpt-4o-mini"),
         Preset(
             "vllm",
