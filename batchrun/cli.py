@@ -280,7 +280,7 @@ def _share(name: str, what: str) -> Callable[[Callable[..., Any]], Callable[...,
 @click.option("--api-key-env", help="Require the key held by this environment variable (else any key works).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the fault pattern.")
 def emulate(host: str, port: int, api_key_env: str | None, **behaviour: Any) -> None:
-    """Serve a local OpenAI-compatible API with deterministic replies, optional limits and faults."""
+    """Serve a local OpenAI- and Anthropic-compatible API: deterministic replies, limits, faults."""
     import os
 
     from batchrun.emulator import EmulatorConfig, serve
