@@ -25,6 +25,7 @@ SUFFIXES = {".jsonl": "ndjson", ".ndjson": "ndjson", ".parquet": "parquet", ".cs
 BATCH_KEYS = ("custom_id", "method", "url", "body")
 BATCH_URLS = ("/v1/chat/completions", "/chat/completions")
 SLICE_ROWS = 10_000
+FIRST_SLICE_ROWS = 1_000  # the first requests go out once this many rows are rendered, not a whole slice
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}\"'\n:]+)\}")
 
 
@@ -177,11 +178,17 @@ class PromptSet:
         row = 0
         try:
             batches = self._scan().collect_batches(chunk_size=self.slice_rows)
-            for frame in batches:
-                if frame.height == 0:
-                    continue
-                yield frame, row
-                row += frame.height
+            for batch in batches:
+                # The first slice is short: rendering a whole one took 0.2 s of a 6 s run before anything
+                # was sent.
+                pieces = [batch]
+                if row == 0 and batch.height > FIRST_SLICE_ROWS:
+                    pieces = [batch.slice(0, FIRST_SLICE_ROWS), batch.slice(FIRST_SLICE_ROWS)]
+                for frame in pieces:
+                    if frame.height == 0:
+                        continue
+                    yield frame, row
+                    row += frame.height
         except (pl.exceptions.PolarsError, OSError) as exc:  # a row polars cannot parse halfway through
             raise InputError(self.path, f"cannot read the input after row {row}: {exc}") from None
 

@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from batchrun import inputs
 from batchrun.errors import InputError
 from batchrun.inputs import PromptSet, Template, estimate_tokens
 from batchrun.job import Job, load_job
@@ -391,6 +392,18 @@ def test_small_slices_keep_order_and_row_numbers(write_job: WriteJob, reviews: P
     pieces = list(sliced.slices())
     assert [piece.frame.height for piece in pieces] == [7, 7, 7, 7, 7, 5]
     assert pl.concat([p.frame for p in pieces]).equals(frame(whole))
+    assert [i.custom_id for p in pieces for i in p.items] == [r.custom_id for r in requests(whole)]
+
+
+def test_the_first_slice_is_short_so_sending_starts_at_once(
+    write_job: WriteJob, reviews: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first slice stops at FIRST_SLICE_ROWS; the rest of the first batch follows, in order."""
+    monkeypatch.setattr(inputs, "FIRST_SLICE_ROWS", 10)
+    job = make_job(write_job, reviews, id_column=None)
+    pieces = list(PromptSet(job, slice_rows=15).slices())
+    assert [piece.frame.height for piece in pieces] == [10, 5, 15, 10]
+    whole = PromptSet(job, slice_rows=1_000)
     assert [i.custom_id for p in pieces for i in p.items] == [r.custom_id for r in requests(whole)]
 
 
