@@ -446,3 +446,14 @@ def test_blank_lines_in_a_batch_file_are_skipped(write_job: WriteJob, batch_line
     out = items(PromptSet(job))
     assert [item.custom_id for item in out] == [json.loads(line)["custom_id"] for line in lines[:3]]
     assert all(isinstance(item, Request) for item in out)
+
+
+def test_count_rows_counts_jsonl_lines_without_parsing_them(write_job: WriteJob, tmp_path: Path) -> None:
+    """The progress total: non-blank lines of a JSONL file, capped by --limit; a Parquet file's rows."""
+    path = tmp_path / "rows.jsonl"
+    rows = [{"id": f"r{i}", "title": "t", "text": f"text {i}"} for i in range(12)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + "\n  \n")
+    assert PromptSet(make_job(write_job, path)).count_rows() == 12
+    assert PromptSet(make_job(write_job, path), limit=5).count_rows() == 5
+    pl.read_ndjson(path).write_parquet(tmp_path / "rows.parquet")
+    assert PromptSet(make_job(write_job, tmp_path / "rows.parquet")).count_rows() == 12
