@@ -8,6 +8,8 @@ holding an OpenAI-style messages list, or rows that already are OpenAI Batch API
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -141,7 +143,8 @@ class PromptSet:
         if self.batch_lines:
             return list(BATCH_KEYS)
         try:
-            return list(self._scan().collect_schema().names())
+            self._schema = self._scan().collect_schema()
+            return list(self._schema.names())
         except Exception as exc:  # polars raises many types for a malformed file; all mean the same here
             raise InputError(self.path, f"cannot read the input: {exc}") from None
 
@@ -179,11 +182,11 @@ class PromptSet:
     def frames(self) -> Iterator[tuple[pl.DataFrame, int]]:
         """The input in order, a slice at a time, each with the number of its first row."""
         import polars as pl
+        import pyarrow as pa
 
         row = 0
         try:
-            batches = self._scan().collect_batches(chunk_size=self.slice_rows)
-            for batch in batches:
+            for batch in self._batches():
                 # The first slice is short: rendering a whole one took 0.2 s of a 6 s run before anything
                 # was sent.
                 pieces = [batch]
@@ -194,8 +197,60 @@ class PromptSet:
                         continue
                     yield frame, row
                     row += frame.height
-        except (pl.exceptions.PolarsError, OSError) as exc:  # a row polars cannot parse halfway through
+        except (pl.exceptions.PolarsError, pa.ArrowException, UnicodeDecodeError, OSError) as exc:
+            # A row that cannot be parsed halfway through the file.
             raise InputError(self.path, f"cannot read the input after row {row}: {exc}") from None
+
+    def _batches(self) -> Iterator[pl.DataFrame]:
+        """The input (up to `limit` rows) in batches of about `slice_rows`, holding one batch at a time.
+
+        Not polars' `collect_batches`: it reads ahead without bound (measured: memory grew by 40 MB per
+        100,000 JSONL rows however slowly the batches were taken, 360 MB at once for a Parquet file).
+        """
+        import polars as pl
+
+        if self.format == "ndjson":
+            batches = self._ndjson_batches()
+        elif self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            parquet = pq.ParquetFile(self.path)
+            batches = (pl.DataFrame(b) for b in parquet.iter_batches(batch_size=self.slice_rows))
+        else:
+            batches = self._csv_batches()
+        left = self.limit
+        for batch in batches:
+            kept = batch if left is None else batch.head(left)
+            if kept.height:
+                yield kept
+            if left is not None:
+                left -= kept.height
+                if left == 0:
+                    return
+
+    def _ndjson_batches(self) -> Iterator[pl.DataFrame]:
+        """JSONL read `slice_rows` lines at a time, each batch parsed with the schema read at the start."""
+        import polars as pl
+
+        with self.path.open("rb") as file:
+            while lines := [line for line in itertools.islice(file, self.slice_rows) if not line.isspace()]:
+                if self.batch_lines:
+                    yield pl.DataFrame({"line": [line.decode().rstrip("\r\n") for line in lines]})
+                else:
+                    yield pl.read_ndjson(io.BytesIO(b"".join(lines)), schema=self._schema)
+
+    def _csv_batches(self) -> Iterator[pl.DataFrame]:
+        """CSV through pyarrow's streaming reader, with the column types polars inferred at the start."""
+        import polars as pl
+        import pyarrow.csv as pv
+
+        types = pl.DataFrame(schema=self._schema).to_arrow().schema
+        options = pv.ConvertOptions(
+            column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
+        )
+        reader = pv.open_csv(self.path, convert_options=options)
+        for batch in reader:
+            yield pl.DataFrame(batch)
 
     def render(self, frame: pl.DataFrame, first_row: int) -> Slice:
         """One slice of the input rendered into requests (or error results for rows that cannot be sent)."""
