@@ -34,6 +34,8 @@ JOURNAL = "results.jsonl"
 FSYNC_SECONDS = 2.0
 ASSEMBLE_MEMORY_MB = 128  # DuckDB's cap while assembling the output; beyond it, it spills to disk
 ASSEMBLE_MEMORY_MAX_MB = 8192  # ... raised up to this when a join needs more
+INPUT_ROW = "__batchrun_row"  # an input part's row numbers, which keep the output in input order
+INPUT_PART = "__batchrun_part"  # the part's place among the parts, while assembling
 
 
 def result_schema() -> dict[str, Any]:
@@ -72,8 +74,12 @@ class RunStore:
         if fresh and self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in [*self.dir.glob("input-*"), *self.dir.glob("*.tmp")]:
-            stale.unlink()
+        # What a run killed mid-way left: input parts (rewritten by every run), and the assembly's files.
+        for stale in {*self.dir.glob("input-*"), *self.dir.glob("*.tmp"), *self.dir.glob("assemble.*")}:
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
         _drop_partial_line(self.journal)
         self._fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._synced_at = time.monotonic()
@@ -106,7 +112,7 @@ class RunStore:
         self._input_parts += 1
         path = self.dir / f"input-{part}{self._input_parts:06d}.parquet"
         tmp = path.with_name(path.name + ".tmp")
-        frame.write_parquet(tmp, compression="zstd", statistics=False)
+        frame.with_row_index(INPUT_ROW).write_parquet(tmp, compression="zstd", statistics=False)
         os.replace(tmp, path)
 
     def write_results(self, results: Sequence[Result]) -> None:
@@ -162,56 +168,70 @@ class RunStore:
         return self.output
 
     def _join(self, inputs: list[Path], tmp: Path, memory_mb: int) -> None:
-        """Write the joined output to `tmp` with DuckDB, using at most about `memory_mb` of memory."""
+        """Write the joined output to `tmp` with DuckDB, using at most about `memory_mb` of memory.
+
+        Every step can spill to disk: tables, a grouping, joins and a sort. Window functions cannot (a
+        `row_number() OVER ()` held a million rows in memory), so the order comes from stored numbers:
+        each input part's own row numbers, and the journal table's `rowid` (its line order).
+        """
         import duckdb
 
         columns = list(OUTPUT_COLUMNS)
-        input_columns = duckdb.read_parquet(str(inputs[0])).columns
+        input_columns = [c for c in duckdb.read_parquet(str(inputs[0])).columns if c != INPUT_ROW]
         # The input's columns first (custom_id last among them, or where a batch file has it), then
         # Contract 2's in their fixed order.
         select = ", ".join(
             _quoted(c) for c in [*input_columns, *(c for c in columns if c not in input_columns)]
         )
-        files = "[" + ", ".join(f"'{_sql_text(path)}'" for path in inputs) + "]"
+        # Parts in the order of their names, each row numbered within its part.
+        parts = " UNION ALL ".join(
+            f"SELECT *, {i} AS {INPUT_PART} FROM read_parquet('{_sql_text(path)}')"
+            for i, path in enumerate(inputs)
+        )
+        database = self.dir / "assemble.duckdb"
         spill = self.dir / "assemble.tmp"
-        # One thread: row numbers follow file order (input order, journal order), and memory per thread
-        # is what the cap is spent on.
+        # One thread: the journal table keeps the file's line order, and the cap is spent on one thread.
         config: dict[str, str | bool | int | float | list[str]] = {
             "memory_limit": f"{memory_mb}MB",
             "threads": 1,
             "temp_directory": str(spill),
         }
         try:
-            with duckdb.connect(config=config) as db:
+            with duckdb.connect(str(database), config=config) as db:
                 db.execute("SET enable_progress_bar = false")  # stderr belongs to batchrun's own progress
+                # One statement per step: DuckDB caps each operator, and a join and a sort in one pipeline
+                # ran out of memory where the steps apart did not.
+                db.execute(f"CREATE TABLE journal AS {self._journal_sql()}")
                 # The latest line per custom_id wins (a later run's answer replaces an earlier error).
                 # Finding it by line number first keeps the wide rows out of the grouping.
                 db.execute(
-                    f"""
-                    COPY (
-                        WITH inputs AS (
-                            SELECT *, row_number() OVER () AS input_row FROM read_parquet({files})
-                        ),
-                        journal AS ({self._journal_sql()}),
-                        last_lines AS (SELECT max(line) AS line FROM journal GROUP BY custom_id),
-                        latest AS (SELECT * FROM journal SEMI JOIN last_lines USING (line))
-                        SELECT {select} FROM inputs LEFT JOIN latest USING (custom_id) ORDER BY input_row
-                    ) TO '{_sql_text(tmp)}' (FORMAT parquet, COMPRESSION zstd)
-                    """
+                    "CREATE TABLE results AS SELECT * FROM journal "
+                    "WHERE rowid IN (SELECT max(rowid) FROM journal GROUP BY custom_id)"
+                )
+                db.execute("DROP TABLE journal")
+                db.execute(
+                    f"CREATE TABLE joined AS SELECT * FROM ({parts}) AS inputs "
+                    "LEFT JOIN results USING (custom_id)"
+                )
+                db.execute("DROP TABLE results")
+                db.execute(
+                    f"COPY (SELECT {select} FROM joined ORDER BY {INPUT_PART}, {INPUT_ROW}) "
+                    f"TO '{_sql_text(tmp)}' (FORMAT parquet, COMPRESSION zstd)"
                 )
         finally:
+            database.unlink(missing_ok=True)
+            database.with_name(database.name + ".wal").unlink(missing_ok=True)
             shutil.rmtree(spill, ignore_errors=True)
 
     def _journal_sql(self) -> str:
-        """The journal as a DuckDB query with Contract 2's types, each result numbered by its line."""
+        """The journal as a DuckDB query with Contract 2's types, its lines in file order."""
         types = {name: _duckdb_type(dtype) for name, dtype in result_schema().items()}
         if not self.journal.is_file() or self.journal.stat().st_size == 0:
             nulls = ", ".join(f"NULL::{t} AS {_quoted(n)}" for n, t in types.items())
-            return f"SELECT {nulls}, 0 AS line WHERE false"
+            return f"SELECT {nulls} WHERE false"
         spec = "{" + ", ".join(f"'{n}': '{t}'" for n, t in types.items()) + "}"
-        # Lines are read in file order, so their number says which answer came last.
         return (
-            f"SELECT *, row_number() OVER () AS line FROM read_json('{_sql_text(self.journal)}', "
+            f"SELECT * FROM read_json('{_sql_text(self.journal)}', "
             f"format = 'newline_delimited', columns = {spec})"
         )
 

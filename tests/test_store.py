@@ -88,3 +88,17 @@ def test_an_empty_journal_gives_every_row_with_null_results(tmp_path: Path) -> N
     assert out.height == 3
     assert out["status"].null_count() == 3
     assert out.schema["cost_usd"] == pl.Float64
+
+
+def test_files_left_by_an_assembly_killed_midway_are_cleared_on_open(tmp_path: Path) -> None:
+    run = _store(tmp_path / "out.parquet", 4)
+    run.close()
+    (run.dir / "assemble.duckdb").write_bytes(b"half a database")
+    (run.dir / "assemble.tmp").mkdir()
+    (run.dir / "assemble.tmp" / "spill.block").write_bytes(b"x")
+
+    again = _store(tmp_path / "out.parquet", 4)
+    again.close()
+
+    assert not list(again.dir.glob("assemble.*"))
+    assert pl.read_parquet(again.assemble()).height == 4
