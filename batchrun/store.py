@@ -185,7 +185,7 @@ class RunStore:
         )
         # Parts in the order of their names, each row numbered within its part.
         parts = " UNION ALL ".join(
-            f"SELECT *, {i} AS {INPUT_PART} FROM read_parquet('{_sql_text(path)}')"
+            f"SELECT *, {i} AS {INPUT_PART} FROM read_parquet('{sql_text(path)}')"
             for i, path in enumerate(inputs)
         )
         database = self.dir / "assemble.duckdb"
@@ -216,7 +216,7 @@ class RunStore:
                 db.execute("DROP TABLE results")
                 db.execute(
                     f"COPY (SELECT {select} FROM joined ORDER BY {INPUT_PART}, {INPUT_ROW}) "
-                    f"TO '{_sql_text(tmp)}' (FORMAT parquet, COMPRESSION zstd)"
+                    f"TO '{sql_text(tmp)}' (FORMAT parquet, COMPRESSION zstd)"
                 )
         finally:
             database.unlink(missing_ok=True)
@@ -231,7 +231,7 @@ class RunStore:
             return f"SELECT {nulls} WHERE false"
         spec = "{" + ", ".join(f"'{n}': '{t}'" for n, t in types.items()) + "}"
         return (
-            f"SELECT * FROM read_json('{_sql_text(self.journal)}', "
+            f"SELECT * FROM read_json('{sql_text(self.journal)}', "
             f"format = 'newline_delimited', columns = {spec})"
         )
 
@@ -275,8 +275,8 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _sql_text(path: Path) -> str:
-    """A path inside a single-quoted SQL string."""
+def sql_text(path: Path) -> str:
+    """A path inside a single-quoted SQL string (DuckDB's)."""
     return str(path).replace("'", "''")
 
 

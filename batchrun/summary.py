@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import polars as pl
+    import duckdb
 
     from batchrun.runner import Counters
 
@@ -212,34 +212,46 @@ def summarize(
     wall_s: float | None = None,
     job: str | None = None,
 ) -> Summary:
-    """Aggregate the output file's status, error, token, cost and latency columns (lazily)."""
-    import polars as pl
+    """Aggregate the output file's status, error, token, cost and latency columns.
 
-    frame = pl.scan_parquet(output)
-    names = frame.collect_schema().names()
-    status = pl.col("status")
-    cached = pl.col("cached").sum() if "cached" in names else pl.lit(0)
-    queries = [
-        frame.select(**_aggregates(), cached=cached),
-        frame.filter((status != "ok") | status.is_null())
-        .group_by(pl.col("error_type").fill_null("not_run"))
-        .len(),
-        _grouped(frame, pl.col("model").fill_null("(no reply)")),
-    ]
-    if VARIANT_COLUMN in names:
-        # Variants in output order: the order the job's [matrix] lists them.
-        variant = pl.col(VARIANT_COLUMN).cast(pl.String).fill_null("(none)")
-        queries.append(_grouped(frame, variant, sort=False))
-    # One go: polars runs the queries together, sharing the scan where it can; no other column is read.
-    totals_frame, errors, *groups = pl.collect_all(queries)
-    totals = totals_frame.row(0, named=True)
+    DuckDB reads only those columns, under a memory cap, a row group at a time: a million-row output is
+    summarized in tens of MB, where polars' group-by with per-group quantiles took 220 MB.
+    """
+    import duckdb
+
+    from batchrun.store import sql_text
+
+    config: dict[str, str | bool | int | float | list[str]] = {"memory_limit": "256MB", "threads": 1}
+    with duckdb.connect(config=config) as db:
+        db.execute("SET enable_progress_bar = false")  # stderr belongs to batchrun's own progress
+        source = f"read_parquet('{sql_text(output)}', file_row_number = true)"
+        names = {row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        cached = "count(*) FILTER (WHERE cached)" if "cached" in names else "0"
+        (totals,) = _query(db, f"SELECT {_AGGREGATES}, {cached} AS cached FROM {source}")
+        errors = db.execute(
+            f"SELECT coalesce(error_type, 'not_run'), count(*) FROM {source} "
+            "WHERE status IS DISTINCT FROM 'ok' GROUP BY 1"
+        ).fetchall()
+        by_model = _query(
+            db,
+            f"SELECT coalesce(model, '(no reply)') AS name, {_AGGREGATES} FROM {source} "
+            "GROUP BY name ORDER BY name",
+        )
+        by_variant: list[dict[str, Any]] = []
+        if VARIANT_COLUMN in names:
+            # Variants in output order: the order the job's [matrix] lists them.
+            by_variant = _query(
+                db,
+                f"SELECT coalesce(CAST({VARIANT_COLUMN} AS VARCHAR), '(none)') AS name, {_AGGREGATES} "
+                f"FROM {source} GROUP BY name ORDER BY min(file_row_number)",
+            )
     rows, ok_rows = int(totals["rows"]), int(totals["ok"] or 0)
     return Summary(
         output=output,
         rows=rows,
         ok=ok_rows,
         failed=rows - ok_rows,
-        errors={str(k): int(v) for k, v in errors.iter_rows()},
+        errors={str(k): int(v) for k, v in errors},
         prompt_tokens=int(totals["prompt_tokens"] or 0),
         completion_tokens=int(totals["completion_tokens"] or 0),
         cost_usd=float(totals["cost_usd"]) if totals["priced"] else None,
@@ -249,8 +261,8 @@ def summarize(
         sent=counters.sent if counters is not None else None,
         reused=counters.reused if counters is not None else None,
         latency=_latency(totals),
-        by_model=_groups(groups[0]),
-        by_variant=_groups(groups[1]) if len(groups) > 1 else (),
+        by_model=_groups(by_model),
+        by_variant=_groups(by_variant),
         job=job,
     )
 
@@ -291,46 +303,35 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _latency_exprs() -> dict[str, pl.Expr]:
-    import polars as pl
+# Counts, tokens, cost and latency of a set of rows: the whole file, or one model or variant. Latency
+# counts measured answers only (errors and cache hits have none of their own); the quantiles interpolate
+# linearly, as polars' "linear" and numpy's default do.
+_AGGREGATES = """
+    count(*) AS rows,
+    count(*) FILTER (WHERE status = 'ok') AS ok,
+    sum(prompt_tokens) AS prompt_tokens,
+    sum(completion_tokens) AS completion_tokens,
+    sum(cost_usd) AS cost_usd,
+    count(cost_usd) AS priced,
+    count(cost_usd) FILTER (WHERE status = 'ok') AS priced_ok,
+    quantile_cont(latency_s, 0.5) FILTER (WHERE status = 'ok') AS p50,
+    quantile_cont(latency_s, 0.95) FILTER (WHERE status = 'ok') AS p95,
+    max(latency_s) FILTER (WHERE status = 'ok') AS max
+"""
 
-    # Only measured answers: errors and cache hits have no latency of their own.
-    latency = pl.col("latency_s").filter((pl.col("status") == "ok") & pl.col("latency_s").is_not_null())
-    return {
-        "p50": latency.quantile(0.5, "linear"),
-        "p95": latency.quantile(0.95, "linear"),
-        "max": latency.max(),
-    }
+
+def _query(db: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
+    """The rows of `sql`, each as a dict keyed by column name."""
+    cursor = db.execute(sql)
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _latency(row: dict[str, Any]) -> Latency:
     return Latency(p50=row["p50"], p95=row["p95"], max=row["max"])
 
 
-def _aggregates() -> dict[str, pl.Expr]:
-    """Counts, tokens, cost and latency of a set of rows: the whole file, or one model or variant."""
-    import polars as pl
-
-    ok = pl.col("status") == "ok"
-    priced = pl.col("cost_usd").is_not_null()
-    return {
-        "rows": pl.len(),
-        "ok": ok.sum(),
-        "prompt_tokens": pl.col("prompt_tokens").sum(),
-        "completion_tokens": pl.col("completion_tokens").sum(),
-        "cost_usd": pl.col("cost_usd").sum(),
-        "priced": priced.sum(),
-        "priced_ok": (ok & priced).sum(),
-        **_latency_exprs(),
-    }
-
-
-def _grouped(frame: pl.LazyFrame, key: pl.Expr, *, sort: bool = True) -> pl.LazyFrame:
-    grouped = frame.group_by(key.alias("name"), maintain_order=not sort).agg(**_aggregates())
-    return grouped.sort("name") if sort else grouped
-
-
-def _groups(grouped: pl.DataFrame) -> tuple[Group, ...]:
+def _groups(rows: list[dict[str, Any]]) -> tuple[Group, ...]:
     return tuple(
         Group(
             name=str(row["name"]),
@@ -341,7 +342,7 @@ def _groups(grouped: pl.DataFrame) -> tuple[Group, ...]:
             cost_usd=float(row["cost_usd"]) if row["priced"] else None,
             latency=_latency(row),
         )
-        for row in grouped.iter_rows(named=True)
+        for row in rows
     )
 
 
