@@ -240,7 +240,8 @@ def providers() -> None:
         if preset.api_key_env and not preset.api_key_required:
             key += " (optional)"
         click.echo(f"{preset.name:<{width}}  {preset.kind:<9} {url}")
-        click.echo(f"{'':<{width}}  key: {key}; {preset.description}")
+        model = f"; model e.g. {preset.example_model}" if preset.example_model else ""
+        click.echo(f"{'':<{width}}  key: {key}; {preset.description}{model}")
 
 
 def _share(name: str, what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

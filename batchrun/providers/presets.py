@@ -18,7 +18,7 @@ class Preset:
     base_url: str | None  # None: the emulator, started in-process on a free loopback port
     api_key_env: str | None
     description: str
-    example_model: str = ""
+    example_model: str = ""  # a model the endpoint serves, shown by `batchrun providers`
     api_key_required: bool = True  # local servers (vLLM, Ollama) accept requests without a key
 
     def fields(self) -> dict[str, Any]:
