@@ -233,7 +233,10 @@ class PromptSet:
         import polars as pl
 
         with self.path.open("rb") as file:
-            while lines := [line for line in itertools.islice(file, self.slice_rows) if not line.isspace()]:
+            while chunk := list(itertools.islice(file, self.slice_rows)):
+                lines = [line for line in chunk if not line.isspace()]
+                if not lines:
+                    continue  # a slice of blank lines: more may follow
                 if self.batch_lines:
                     yield pl.DataFrame({"line": [line.decode().rstrip("\r\n") for line in lines]})
                 else:
@@ -245,10 +248,13 @@ class PromptSet:
         import pyarrow.csv as pv
 
         types = pl.DataFrame(schema=self._schema).to_arrow().schema
-        options = pv.ConvertOptions(
-            column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
+        # polars' rules: only an empty field is null ("NA" is Namibia), and the column names polars gave
+        # (a repeated header name becomes `x_duplicated_0`).
+        read = pv.ReadOptions(column_names=list(self._schema.names()), skip_rows=1)
+        convert = pv.ConvertOptions(
+            column_types=types, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False
         )
-        reader = pv.open_csv(self.path, convert_options=options)
+        reader = pv.open_csv(self.path, read_options=read, convert_options=convert)
         for batch in reader:
             yield pl.DataFrame(batch)
 

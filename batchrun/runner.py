@@ -375,7 +375,7 @@ class Runner:
         except ProviderError as exc:
             if exc.error_class is ErrorClass.FATAL:
                 self._stop(exc)
-            return _error_result(request.custom_id, exc, tries.made)
+            return _error_result(request.custom_id, exc, tries.made, tries.discarded_usd)
         result = self._ok_result(
             request, answer.reply, answer.latency_s, tries.made, json_mode, tries.discarded_usd
         )
@@ -497,10 +497,12 @@ class _Tries:
     discarded_usd: float = 0.0  # what the answers sent again for invalid JSON cost
 
 
-def _error_result(custom_id: str, exc: ProviderError, attempts: int) -> Result:
+def _error_result(custom_id: str, exc: ProviderError, attempts: int, paid_usd: float = 0.0) -> Result:
     return Result(
         custom_id=custom_id,
         status="error",
+        # What the row paid before it failed (answers sent again for invalid JSON), so budgets count it.
+        cost_usd=paid_usd or None,
         attempts=attempts,
         error_type=exc.error_type,
         error=exc.message,

@@ -74,8 +74,9 @@ class RunStore:
         if fresh and self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        # What a run killed mid-way left: input parts (rewritten by every run), and the assembly's files.
-        for stale in {*self.dir.glob("input-*"), *self.dir.glob("*.tmp"), *self.dir.glob("assemble.*")}:
+        # What a run killed mid-way left: input parts (rewritten by every run), temporary files, and the
+        # assembly's spill folder.
+        for stale in [*self.dir.glob("input-*"), *self.dir.glob("*.tmp")]:
             if stale.is_dir():
                 shutil.rmtree(stale)
             else:
@@ -188,7 +189,6 @@ class RunStore:
             f"SELECT *, {i} AS {INPUT_PART} FROM read_parquet('{sql_text(path)}')"
             for i, path in enumerate(inputs)
         )
-        database = self.dir / "assemble.duckdb"
         spill = self.dir / "assemble.tmp"
         # One thread: the journal table keeps the file's line order, and the cap is spent on one thread.
         config: dict[str, str | bool | int | float | list[str]] = {
@@ -197,7 +197,7 @@ class RunStore:
             "temp_directory": str(spill),
         }
         try:
-            with duckdb.connect(str(database), config=config) as db:
+            with duckdb.connect(":memory:", config=config) as db:
                 db.execute("SET enable_progress_bar = false")  # stderr belongs to batchrun's own progress
                 # One statement per step: DuckDB caps each operator, and a join and a sort in one pipeline
                 # ran out of memory where the steps apart did not.
@@ -219,8 +219,6 @@ class RunStore:
                     f"TO '{sql_text(tmp)}' (FORMAT parquet, COMPRESSION zstd)"
                 )
         finally:
-            database.unlink(missing_ok=True)
-            database.with_name(database.name + ".wal").unlink(missing_ok=True)
             shutil.rmtree(spill, ignore_errors=True)
 
     def _journal_sql(self) -> str:

@@ -224,7 +224,7 @@ def summarize(
     config: dict[str, str | bool | int | float | list[str]] = {"memory_limit": "256MB", "threads": 1}
     with duckdb.connect(config=config) as db:
         db.execute("SET enable_progress_bar = false")  # stderr belongs to batchrun's own progress
-        source = f"read_parquet('{sql_text(output)}', file_row_number = true)"
+        source = f"read_parquet('{sql_text(output)}')"
         names = {row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
         cached = "count(*) FILTER (WHERE cached)" if "cached" in names else "0"
         (totals,) = _query(db, f"SELECT {_AGGREGATES}, {cached} AS cached FROM {source}")
@@ -240,10 +240,14 @@ def summarize(
         by_variant: list[dict[str, Any]] = []
         if VARIANT_COLUMN in names:
             # Variants in output order: the order the job's [matrix] lists them.
+            if "file_row_number" in names:  # the input had such a column: number the rows ourselves
+                numbered = f"(SELECT *, row_number() OVER () AS __row FROM {source})"
+            else:
+                numbered = f"(SELECT *, file_row_number AS __row FROM {source[:-1]}, file_row_number = true))"
             by_variant = _query(
                 db,
                 f"SELECT coalesce(CAST({VARIANT_COLUMN} AS VARCHAR), '(none)') AS name, {_AGGREGATES} "
-                f"FROM {source} GROUP BY name ORDER BY min(file_row_number)",
+                f"FROM {numbered} GROUP BY name ORDER BY min(__row)",
             )
     rows, ok_rows = int(totals["rows"]), int(totals["ok"] or 0)
     return Summary(

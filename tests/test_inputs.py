@@ -457,3 +457,24 @@ def test_count_rows_counts_jsonl_lines_without_parsing_them(write_job: WriteJob,
     assert PromptSet(make_job(write_job, path), limit=5).count_rows() == 5
     pl.read_ndjson(path).write_parquet(tmp_path / "rows.parquet")
     assert PromptSet(make_job(write_job, tmp_path / "rows.parquet")).count_rows() == 12
+
+
+def test_csv_keeps_na_strings_and_names_repeated_headers_as_polars_does(
+    write_job: WriteJob, tmp_path: Path
+) -> None:
+    """Only an empty CSV field is null ("NA" is text, Namibia's code); a repeated header gets a suffix."""
+    path = tmp_path / "rows.csv"
+    path.write_text('id,title,text,text\nr1,NA,null,x\nr2,,"",y\n')
+    piece = next(PromptSet(make_job(write_job, path)).slices())
+    assert piece.frame.columns[:4] == ["id", "title", "text", "text_duplicated_0"]
+    assert piece.frame["title"].to_list() == ["NA", None]
+    assert piece.frame["text"].to_list() == ["null", ""]
+
+
+def test_a_slice_of_blank_lines_does_not_end_a_jsonl_input(write_job: WriteJob, tmp_path: Path) -> None:
+    path = tmp_path / "gaps.jsonl"
+    row = '{{"id": "{}", "title": "t", "text": "x"}}\n'
+    path.write_text(row.format("a") + "\n\n  \n\n" + row.format("b"))
+    prompts = PromptSet(make_job(write_job, path), slice_rows=2)
+    assert [piece.frame["id"].to_list() for piece in prompts.slices()] == [["a"], ["b"]]
+    assert prompts.count_rows() == 2

@@ -24,6 +24,7 @@ from tests.test_runner_mock import (
     make_job,
     output,
     run,
+    status,
 )
 
 JSON_MODE = 'params.response_format={type="json_object"}'
@@ -128,6 +129,21 @@ def test_retry_invalid_json_gives_up_after_max_attempts(write_job: WriteJob, rev
     assert rows["r0002"]["completion"] == "no"
     assert rows["r0002"]["attempts"] == 3
     assert endpoint.calls["r0002"] == 3
+
+
+def test_a_row_that_fails_after_a_discarded_answer_still_counts_its_cost(
+    write_job: WriteJob, reviews: Path
+) -> None:
+    """Non-JSON answer (paid), then a 400: the error row's cost is what was paid, so budgets see it."""
+    bad_request = status(400, {"error": {"message": "bad", "type": "invalid_request_error"}})
+    endpoint = json_endpoint(reviews, {"r0002": [answer("oops"), bad_request]})
+    job = make_job(write_job, JSON_MODE, "limits.retry_invalid_json=true")
+    summary = run(job, endpoint)
+    rows = output(job)
+    assert rows["r0002"]["status"] == "error"
+    assert rows["r0002"]["http_status"] == 400
+    assert rows["r0002"]["cost_usd"] == pytest.approx(QWEN3_MAX_COST)
+    assert summary.cost_usd == pytest.approx(ROWS * QWEN3_MAX_COST)
 
 
 def test_n_choices_fill_the_completions_list(write_job: WriteJob, reviews: Path) -> None:

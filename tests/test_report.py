@@ -141,7 +141,8 @@ def test_report_groups_by_variant_when_the_output_has_one(
     assert cli("run", write_job(server.base_url)).exit_code == 0
     out = pl.read_parquet(tmp_path / "out" / "test.parquet")
     swept = out.with_columns(
-        variant=pl.when(pl.int_range(pl.len()) % 4 == 0).then(pl.lit("t=1")).otherwise(pl.lit("t=0"))
+        variant=pl.when(pl.int_range(pl.len()) % 4 == 0).then(pl.lit("t=1")).otherwise(pl.lit("t=0")),
+        file_row_number=pl.lit("an input column with a name DuckDB also uses"),
     )
     swept_path = tmp_path / "swept.parquet"
     swept.write_parquet(swept_path)

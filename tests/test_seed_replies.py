@@ -1,4 +1,7 @@
-"""Whole reply bodies in the shapes the seed providers document (maxtoken, AI/ML API, siray), parsed whole.
+"""Whole reply bodies of the seed providers (maxtoken, AI/ML API, siray), parsed whole.
+
+The AI/ML API body follows the shape its documentation shows (checked against its qwen-max reference);
+maxtoken's and siray's published pages show requests only, so theirs follow `../shared/PROVIDERS.md`.
 
 Each body is a complete `chat.completion` document as the provider sends it, extra fields included
 (`system_fingerprint`, `logprobs`, `service_tier`, the details objects with their audio/image counts),

@@ -166,11 +166,12 @@ def parse_usage(usage: Any) -> Usage:
     """OpenAI usage, including the variants resellers send (`input_tokens`, `prompt_cache_hit_tokens`)."""
     if not isinstance(usage, dict):
         return Usage()
-    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
-    completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    prompt = _int(_first(usage.get("prompt_tokens"), usage.get("input_tokens")))
+    completion = _int(_first(usage.get("completion_tokens"), usage.get("output_tokens")))
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
-    cached = _int(prompt_details.get("cached_tokens", usage.get("prompt_cache_hit_tokens")))
+    # A null counts as absent: AI/ML API's schema allows `cached_tokens: null` beside other fields.
+    cached = _int(_first(prompt_details.get("cached_tokens"), usage.get("prompt_cache_hit_tokens")))
     total = _int(usage.get("total_tokens"))
     if total is None and prompt is not None and completion is not None:
         total = prompt + completion
@@ -185,3 +186,8 @@ def parse_usage(usage: Any) -> Usage:
 
 def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not None (None if all are)."""
+    return next((v for v in values if v is not None), None)
