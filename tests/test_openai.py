@@ -12,7 +12,7 @@ import pytest
 
 from batchrun.errors import ErrorClass, ProviderError
 from batchrun.providers import make_provider
-from batchrun.providers.openai import OpenAIProvider
+from batchrun.providers.openai import OpenAIProvider, parse_usage
 from batchrun.records import Request, Usage
 
 PROVIDER = OpenAIProvider("https://api.maxtoken.io/v1/", "sk-test", {})
@@ -356,3 +356,13 @@ def test_url_and_content() -> None:
     assert provider.url() == "https://dashscope-intl.aliyuncs.com/compatible-mode/v1/chat/completions"
     request = Request("c", {"model": "m", "messages": []}, b'{"model":"m","messages":[]}', 3, 256)
     assert provider.content(request) == b'{"model":"m","messages":[]}'
+
+
+def test_a_null_cached_tokens_falls_back_to_prompt_cache_hit_tokens() -> None:
+    usage = {
+        "prompt_tokens": 10,
+        "completion_tokens": 2,
+        "prompt_tokens_details": {"cached_tokens": None},
+        "prompt_cache_hit_tokens": 4,
+    }
+    assert parse_usage(usage).cached_tokens == 4
