@@ -10,9 +10,13 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from batchrun.job import Job
+    from batchrun.summary import Summary
 
 EXIT_USAGE = 2
 EXIT_STOPPED = 3
@@ -74,58 +78,76 @@ def run(
     Exit codes: 0 every row ok, 1 some rows failed, 2 bad job file / input / flags (nothing sent),
     3 stopped early (bad key, no balance, budget, interrupt; a rerun resumes).
     """
-    import os
-
     from batchrun import runlog
     from batchrun.errors import BatchrunError
     from batchrun.job import load_job
-    from batchrun.runner import run_job
+    from batchrun.sweep import split
 
     log = logging.getLogger("batchrun")
     with runlog.stderr_logging(sys.stderr, quiet=quiet) as stderr:
         try:
             job = load_job(job_file, overrides, input_path=input_path, output_path=output_path)
+            jobs = split(job)  # one per variant when the output path has {variant}
         except BatchrunError as exc:
             log.error("%s", exc)
             sys.exit(exc.exit_code)
-        env = job.provider.api_key_env
-        secret = os.environ.get(env) if env else None
-        with runlog.file_logging(runlog.log_path(job.output_path), secret=secret):
-            log.info("%s: %s -> %s", job.name, job.input.path, job.output_path)
-            runlog.file_only.info(
-                "start: job %s (%s), model %s, limit %s%s, batchrun %s, pid %d",
-                job.name,
-                job.source,
-                job.provider.model,
-                limit,
-                ", fresh" if fresh else "",
-                _version(),
-                os.getpid(),
-            )
-            try:
-                with runlog.progress(stderr, sys.stderr, quiet=quiet, interval_s=interval_s) as observers:
-                    summary = run_job(job, limit=limit, fresh=fresh, observers=observers)
-            except BatchrunError as exc:
-                log.error("%s", exc)
-                runlog.file_only.info("end: exit %d (%s)", exc.exit_code, _EXIT_MEANING[exc.exit_code])
-                sys.exit(exc.exit_code)
-            except KeyboardInterrupt:
-                log.error("interrupted; what finished is saved, rerun the same command to resume.")
-                runlog.file_only.info("end: exit %d (%s)", EXIT_STOPPED, _EXIT_MEANING[EXIT_STOPPED])
-                sys.exit(EXIT_STOPPED)
-            for line in summary.lines():
-                runlog.file_only.info("summary: %s", line)
-            code = summary.exit_code
-            runlog.file_only.info(
-                "end: exit %d (%s): %d rows, %d ok, %d failed",
-                code,
-                _EXIT_MEANING[code],
-                summary.rows,
-                summary.ok,
-                summary.failed,
-            )
-    click.echo(json.dumps(summary.as_dict(), indent=2) if as_json else "\n".join(summary.lines()))
-    sys.exit(summary.exit_code)
+        summaries = [_run_one(one, stderr, limit, fresh, quiet, interval_s) for one in jobs]
+    if as_json:
+        data = [s.as_dict() for s in summaries]
+        click.echo(json.dumps(data if len(jobs) > 1 else data[0], indent=2))
+    else:
+        click.echo("\n\n".join("\n".join(s.lines()) for s in summaries))
+    sys.exit(max(s.exit_code for s in summaries))
+
+
+def _run_one(
+    job: Job, stderr: logging.Handler, limit: int | None, fresh: bool, quiet: bool, interval_s: float
+) -> Summary:
+    """Run one job with its log file and progress display; exit the process when it stops early."""
+    import os
+
+    from batchrun import runlog
+    from batchrun.errors import BatchrunError
+    from batchrun.runner import run_job
+
+    log = logging.getLogger("batchrun")
+    env = job.provider.api_key_env
+    secret = os.environ.get(env) if env else None
+    with runlog.file_logging(runlog.log_path(job.output_path), secret=secret):
+        log.info("%s: %s -> %s", job.name, job.input.path, job.output_path)
+        runlog.file_only.info(
+            "start: job %s (%s), model %s, limit %s%s, batchrun %s, pid %d",
+            job.name,
+            job.source,
+            job.provider.model,
+            limit,
+            ", fresh" if fresh else "",
+            _version(),
+            os.getpid(),
+        )
+        try:
+            with runlog.progress(stderr, sys.stderr, quiet=quiet, interval_s=interval_s) as observers:
+                summary = run_job(job, limit=limit, fresh=fresh, observers=observers)
+        except BatchrunError as exc:
+            log.error("%s", exc)
+            runlog.file_only.info("end: exit %d (%s)", exc.exit_code, _EXIT_MEANING[exc.exit_code])
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            log.error("interrupted; what finished is saved, rerun the same command to resume.")
+            runlog.file_only.info("end: exit %d (%s)", EXIT_STOPPED, _EXIT_MEANING[EXIT_STOPPED])
+            sys.exit(EXIT_STOPPED)
+        for line in summary.lines():
+            runlog.file_only.info("summary: %s", line)
+        code = summary.exit_code
+        runlog.file_only.info(
+            "end: exit %d (%s): %d rows, %d ok, %d failed",
+            code,
+            _EXIT_MEANING[code],
+            summary.rows,
+            summary.ok,
+            summary.failed,
+        )
+    return summary
 
 
 _EXIT_MEANING = {

@@ -178,11 +178,16 @@ class Job(_Section):
         uses_prompt = self.prompt.template is not None or self.prompt.messages_column is not None
         if uses_prompt and not self.provider.model and "provider.model" not in self.matrix:
             raise ValueError("[provider] model is required (the request's model)")
+        if paths.VARIANT in str(self.output.path) and not self.matrix:
+            raise ValueError("output.path: {variant} names a sweep's variant; this job has no [matrix]")
         return self
 
     @property
     def output_path(self) -> Path:
-        """The output file, with `{job}`, `{date}` and `{datetime}` filled in (as of the run's start)."""
+        """The output file, with `{job}`, `{date}` and `{datetime}` filled in (as of the run's start).
+
+        A sweep split by `{variant}` has one output per variant: see `batchrun.sweep.split`.
+        """
         return paths.fill(self.output.path, job=self.name, started=self.started)
 
 

@@ -1,6 +1,7 @@
 """Sweeps: every input row runs once per combination of the job's `[matrix]` values.
 
-A sweep is one run: one journal, one limiter, one output file. Each combination (a *variant*) is the job
+A sweep is one run: one journal, one limiter, one output file (or, with `{variant}` in the output path,
+one plain run per variant: `split`). Each combination (a *variant*) is the job
 with its swept keys set, validated like any job. The input is read once, a slice at a time, and each slice
 is rendered and sent once per variant before the next variant's copy is rendered, so memory stays flat.
 Slices shrink as variants are added, so the variants progress together: a sweep stopped halfway (a budget,
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from batchrun import paths
 from batchrun.errors import JobFileError
 from batchrun.inputs import SLICE_ROWS, PromptSet, Slice
 from batchrun.job import Job, _format_validation_error
@@ -55,6 +57,7 @@ def variants(job: Job) -> list[Variant]:
         for axis, value in zip(swept, combo.values, strict=True):
             section, _, key = axis.key.partition(".")
             data[section][key] = value
+        data["output"]["path"] = paths.fill_variant(str(data["output"]["path"]), combo.name)
         try:
             variant_job = Job.model_validate({**data, "source": job.source, "started": job.started})
         except ValidationError as exc:
@@ -70,6 +73,17 @@ def variants(job: Job) -> list[Variant]:
             )
         result.append(Variant(combo.index, combo.name, combo.values, variant_job))
     return result
+
+
+def split(job: Job) -> list[Job]:
+    """The jobs to run for `job`: itself, or one plain job per variant when its output path has `{variant}`.
+
+    Split variants run one after another, each with its own output, journal, summary and log; a file per
+    variant suits a pipeline that picks up each model's results on its own.
+    """
+    if paths.VARIANT not in str(job.output.path):
+        return [job]
+    return [variant.job for variant in variants(job)]
 
 
 def request_models(job: Job) -> list[str | None]:

@@ -58,6 +58,8 @@ def test_every_sh_line_runs_as_written(fresh_copy: Path, cli: Callable[..., CliR
     assert (fresh_copy / "demo-report.html").read_text().startswith("<!DOCTYPE html>")
     sweep = pl.read_parquet(fresh_copy / "jobs/out/eval-qwen-sweep.parquet")
     assert sweep["variant"].unique().sort().to_list() == ["model=qwen-max", "model=qwen3-max"]
+    split = sorted(path.name for path in (fresh_copy / "split").glob("*.parquet"))
+    assert split == ["model=qwen-max.parquet", "model=qwen3-max.parquet"]
 
 
 def test_a_rerun_of_a_finished_job_sends_nothing(fresh_copy: Path, cli: Callable[..., CliResult]) -> None:

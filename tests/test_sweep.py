@@ -273,3 +273,25 @@ def test_variants_take_turns_slice_by_slice(
     ]
     models = {p.part: {item.body["model"] for item in p.items if isinstance(item, Request)} for p in pieces}
     assert models == {"v0000-": {"qwen3-max"}, "v0001-": {"qwen-max"}}
+
+
+def test_variant_in_the_output_path_writes_one_plain_output_per_variant(
+    emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+) -> None:
+    """`{variant}` splits the sweep: a file, a journal and a summary per variant, run one after another."""
+    server = emulator()
+    job = write_job(server.base_url, '\n[matrix]\nmodel = ["qwen3-max", "alibaba/qwen-max"]\n')
+    folder = job.parent / "split"
+    result = cli("run", job, "--json", "--set", f'output.path="{folder}/{{variant}}.parquet"')
+    assert result.exit_code == 0, result.stderr
+    files = [folder / "model=qwen3-max.parquet", folder / "model=alibaba_qwen-max.parquet"]
+    assert [s["output"] for s in json.loads(result.stdout)] == [str(path) for path in files]
+    source = pl.read_ndjson(reviews)
+    for path in files:
+        out = pl.read_parquet(path)
+        assert out["id"].to_list() == source["id"].to_list()
+        assert (out["status"] == "ok").all()
+        assert "variant" not in out.columns  # the file name says which variant it holds
+        assert json.loads(path.with_name(path.stem + ".summary.json").read_text())["ok"] == source.height
+        assert path.with_suffix(".log").is_file()
+    assert server.emulator.requests_by_status[200] == 2 * source.height
