@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from batchrun.errors import ErrorClass, ProviderError
-from batchrun.providers.base import Auth, StreamParser, load_json, retryable_bad_reply
+from batchrun.providers.base import Auth, StreamParser, auth_header, load_json, retryable_bad_reply
 from batchrun.providers.headers import wait_hint
 from batchrun.records import Reply, Request, Usage
 from batchrun.retry import FATAL_CODES, ROW_CODES, classify
@@ -95,10 +95,7 @@ class AnthropicProvider:
             **extra_headers,
         }
         if api_key:
-            if auth == "bearer":  # Qwen Cloud takes either
-                self._headers["authorization"] = f"Bearer {api_key}"
-            else:
-                self._headers["x-api-key"] = api_key
+            self._headers.update(auth_header(api_key, auth or "x-api-key"))  # Qwen Cloud takes either
 
     @classmethod
     def normalize_params(cls, params: dict[str, Any], *, batch_lines: bool) -> dict[str, Any]:

@@ -61,6 +61,13 @@ class Provider(Protocol):
 
 
 Auth = Literal["bearer", "x-api-key"]
+
+
+def auth_header(api_key: str, auth: Auth) -> dict[str, str]:
+    """The header that carries the key: `authorization: Bearer KEY`, or `x-api-key: KEY`."""
+    return {"x-api-key": api_key} if auth == "x-api-key" else {"authorization": f"Bearer {api_key}"}
+
+
 """How the API key is sent: `Authorization: Bearer KEY` or `x-api-key: KEY`; None: the kind's default."""
 
 

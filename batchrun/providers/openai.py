@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from batchrun.errors import ProviderError
-from batchrun.providers.base import Auth, StreamParser, load_json, retryable_bad_reply
+from batchrun.providers.base import Auth, StreamParser, auth_header, load_json, retryable_bad_reply
 from batchrun.providers.headers import wait_hint
 from batchrun.records import Reply, Request, Usage
 from batchrun.retry import classify
@@ -29,10 +29,7 @@ class OpenAIProvider:
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {"content-type": "application/json", "accept": "application/json", **extra_headers}
         if api_key:
-            if auth == "x-api-key":
-                self._headers["x-api-key"] = api_key
-            else:
-                self._headers["authorization"] = f"Bearer {api_key}"
+            self._headers.update(auth_header(api_key, auth or "bearer"))
 
     @classmethod
     def normalize_params(cls, params: dict[str, Any], *, batch_lines: bool) -> dict[str, Any]:
