@@ -96,14 +96,46 @@ class RunStore:
         """`custom_id`s with a final answer from earlier runs: ok, or an error a retry cannot fix."""
         import polars as pl
 
-        latest = self._latest()
-        return latest.filter(~pl.col("retryable")).select("custom_id").collect().get_column("custom_id")
+        table = self._latest("custom_id", "NOT retryable")
+        if table is None:
+            return pl.Series("custom_id", [], dtype=pl.String)
+        return pl.Series("custom_id", table.column(0), dtype=pl.String)
 
     def spent_usd(self) -> float:
         """What earlier runs of this job spent: the cost of the latest answer per row in the journal."""
-        import polars as pl
+        table = self._latest("sum(cost_usd)")
+        return float(table.column(0)[0].as_py() or 0.0) if table is not None else 0.0
 
-        return float(self._latest().select(pl.col("cost_usd").sum()).collect().item() or 0.0)
+    def _latest(self, select: str, where: str = "true") -> Any:
+        """`select` over the journal's latest line per custom_id (a later run's answer replaces an error),
+        as a pyarrow table; None when the journal is empty.
+
+        DuckDB under the assembly's memory cap, reading three fields of each line: polars' unique() over a
+        million-line journal held 790 MB at the start of a resumed run.
+        """
+        if not self.journal.is_file() or self.journal.stat().st_size == 0:
+            return None
+        import duckdb
+
+        fields = "{'custom_id': 'VARCHAR', 'retryable': 'BOOLEAN', 'cost_usd': 'DOUBLE'}"
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "memory_limit": f"{ASSEMBLE_MEMORY_MB}MB",
+            "threads": 1,  # the table keeps the journal's line order in its rowid
+            "temp_directory": str(self.dir / "resume.tmp"),
+        }
+        try:
+            with duckdb.connect(":memory:", config=config) as db:
+                db.execute("SET enable_progress_bar = false")
+                db.execute(
+                    f"CREATE TABLE journal AS SELECT * FROM read_json('{sql_text(self.journal)}', "
+                    f"format = 'newline_delimited', columns = {fields})"
+                )
+                return db.sql(
+                    f"SELECT {select} FROM journal WHERE rowid IN "
+                    f"(SELECT max(rowid) FROM journal GROUP BY custom_id) AND {where}"
+                ).to_arrow_table()
+        finally:
+            shutil.rmtree(self.dir / "resume.tmp", ignore_errors=True)
 
     def write_input(self, frame: pl.DataFrame, part: str = "") -> None:
         """Keep one slice of the input (its columns plus `custom_id`) for the final join.
@@ -128,15 +160,6 @@ class RunStore:
         if time.monotonic() - self._synced_at >= FSYNC_SECONDS:
             os.fsync(self._fd)
             self._synced_at = time.monotonic()
-
-    def _latest(self) -> pl.LazyFrame:
-        """The journal's latest result per custom_id (a later run's answer replaces an earlier error)."""
-        import polars as pl
-
-        if not self.journal.is_file() or self.journal.stat().st_size == 0:
-            return pl.LazyFrame(schema=result_schema())
-        journal = pl.scan_ndjson(self.journal, schema=result_schema())
-        return journal.unique("custom_id", keep="last", maintain_order=True)
 
     def assemble(self) -> Path:
         """Join the input with the latest result per `custom_id`, in input order, into the output file.

@@ -101,3 +101,18 @@ def test_files_left_by_an_assembly_killed_midway_are_cleared_on_open(tmp_path: P
 
     assert not (again.dir / "assemble.tmp").exists()
     assert pl.read_parquet(again.assemble()).height == 4
+
+
+def test_resume_reads_the_latest_line_per_row(tmp_path: Path) -> None:
+    """Finished rows and the money spent come from each row's latest journal line."""
+    run = _store(tmp_path / "out.parquet", 4)
+    assert run.finished_ids().to_list() == []
+    assert run.spent_usd() == 0.0
+    run.write_results([Result("id-00000", "error", error_type="rate_limited", retryable=True)])
+    run.write_results([Result("id-00000", "ok", cost_usd=0.25), Result("id-00001", "ok", cost_usd=0.5)])
+    run.write_results([Result("id-00002", "error", error_type="bad_request", cost_usd=0.125)])
+    run.write_results([Result("id-00003", "ok", cost_usd=1.0)])
+    run.write_results([Result("id-00003", "error", error_type="server_error", retryable=True)])
+    run.close()
+    assert sorted(run.finished_ids().to_list()) == ["id-00000", "id-00001", "id-00002"]
+    assert run.spent_usd() == pytest.approx(0.875)
