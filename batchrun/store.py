@@ -24,9 +24,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchrun import duck
 from batchrun.records import OUTPUT_COLUMNS, Result
 
 if TYPE_CHECKING:
+    import duckdb
     import polars as pl
 
 RESULT_FIELDS = tuple(f.name for f in fields(Result))
@@ -107,35 +109,29 @@ class RunStore:
         return float(table.column(0)[0].as_py() or 0.0) if table is not None else 0.0
 
     def _latest(self, select: str, where: str = "true") -> Any:
-        """`select` over the journal's latest line per custom_id (a later run's answer replaces an error),
-        as a pyarrow table; None when the journal is empty.
+        """`select` over the journal's latest line per custom_id, as a pyarrow table; None with no journal.
 
         DuckDB under the assembly's memory cap, reading three fields of each line: polars' unique() over a
         million-line journal held 790 MB at the start of a resumed run.
         """
         if not self.journal.is_file() or self.journal.stat().st_size == 0:
-            return None
-        import duckdb
+            return None  # a fresh run: not even DuckDB's import is worth paying for
+        with duck.connect(ASSEMBLE_MEMORY_MB, self.dir / "resume.tmp") as db:
+            self._create_latest(db, ("custom_id", "retryable", "cost_usd"))
+            return db.sql(f"SELECT {select} FROM latest WHERE {where}").to_arrow_table()
 
-        fields = "{'custom_id': 'VARCHAR', 'retryable': 'BOOLEAN', 'cost_usd': 'DOUBLE'}"
-        config: dict[str, str | bool | int | float | list[str]] = {
-            "memory_limit": f"{ASSEMBLE_MEMORY_MB}MB",
-            "threads": 1,  # the table keeps the journal's line order in its rowid
-            "temp_directory": str(self.dir / "resume.tmp"),
-        }
-        try:
-            with duckdb.connect(":memory:", config=config) as db:
-                db.execute("SET enable_progress_bar = false")
-                db.execute(
-                    f"CREATE TABLE journal AS SELECT * FROM read_json('{sql_text(self.journal)}', "
-                    f"format = 'newline_delimited', columns = {fields})"
-                )
-                return db.sql(
-                    f"SELECT {select} FROM journal WHERE rowid IN "
-                    f"(SELECT max(rowid) FROM journal GROUP BY custom_id) AND {where}"
-                ).to_arrow_table()
-        finally:
-            shutil.rmtree(self.dir / "resume.tmp", ignore_errors=True)
+    def _create_latest(self, db: duckdb.DuckDBPyConnection, fields: Sequence[str] = RESULT_FIELDS) -> None:
+        """Table `latest`: the journal's `fields` from its latest line per custom_id.
+
+        A later line replaces an earlier one (a later run's answer replaces an earlier error). Finding it by
+        line number (`rowid`, with one thread) keeps the wide rows out of the grouping.
+        """
+        db.execute(f"CREATE TABLE journal AS {self._journal_sql(fields)}")
+        db.execute(
+            "CREATE TABLE latest AS SELECT * FROM journal "
+            "WHERE rowid IN (SELECT max(rowid) FROM journal GROUP BY custom_id)"
+        )
+        db.execute("DROP TABLE journal")
 
     def write_input(self, frame: pl.DataFrame, part: str = "") -> None:
         """Keep one slice of the input (its columns plus `custom_id`) for the final join.
@@ -198,61 +194,39 @@ class RunStore:
         `row_number() OVER ()` held a million rows in memory), so the order comes from stored numbers:
         each input part's own row numbers, and the journal table's `rowid` (its line order).
         """
-        import duckdb
-
-        columns = list(OUTPUT_COLUMNS)
-        input_columns = [c for c in duckdb.read_parquet(str(inputs[0])).columns if c != INPUT_ROW]
-        # The input's columns first (custom_id last among them, or where a batch file has it), then
-        # Contract 2's in their fixed order.
-        select = ", ".join(
-            _quoted(c) for c in [*input_columns, *(c for c in columns if c not in input_columns)]
-        )
         # Parts in the order of their names, each row numbered within its part.
         parts = " UNION ALL ".join(
-            f"SELECT *, {i} AS {INPUT_PART} FROM read_parquet('{sql_text(path)}')"
+            f"SELECT *, {i} AS {INPUT_PART} FROM read_parquet('{duck.text(path)}')"
             for i, path in enumerate(inputs)
         )
-        spill = self.dir / "assemble.tmp"
-        # One thread: the journal table keeps the file's line order, and the cap is spent on one thread.
-        config: dict[str, str | bool | int | float | list[str]] = {
-            "memory_limit": f"{memory_mb}MB",
-            "threads": 1,
-            "temp_directory": str(spill),
-        }
-        try:
-            with duckdb.connect(":memory:", config=config) as db:
-                db.execute("SET enable_progress_bar = false")  # stderr belongs to batchrun's own progress
-                # One statement per step: DuckDB caps each operator, and a join and a sort in one pipeline
-                # ran out of memory where the steps apart did not.
-                db.execute(f"CREATE TABLE journal AS {self._journal_sql()}")
-                # The latest line per custom_id wins (a later run's answer replaces an earlier error).
-                # Finding it by line number first keeps the wide rows out of the grouping.
-                db.execute(
-                    "CREATE TABLE results AS SELECT * FROM journal "
-                    "WHERE rowid IN (SELECT max(rowid) FROM journal GROUP BY custom_id)"
-                )
-                db.execute("DROP TABLE journal")
-                db.execute(
-                    f"CREATE TABLE joined AS SELECT * FROM ({parts}) AS inputs "
-                    "LEFT JOIN results USING (custom_id)"
-                )
-                db.execute("DROP TABLE results")
-                db.execute(
-                    f"COPY (SELECT {select} FROM joined ORDER BY {INPUT_PART}, {INPUT_ROW}) "
-                    f"TO '{sql_text(tmp)}' (FORMAT parquet, COMPRESSION zstd)"
-                )
-        finally:
-            shutil.rmtree(spill, ignore_errors=True)
+        with duck.connect(memory_mb, self.dir / "assemble.tmp") as db:
+            input_columns = [c for c in db.read_parquet(str(inputs[0])).columns if c != INPUT_ROW]
+            # The input's columns first (custom_id last among them, or where a batch file has it), then
+            # Contract 2's in their fixed order.
+            columns = [*input_columns, *(c for c in OUTPUT_COLUMNS if c not in input_columns)]
+            select = ", ".join(duck.quoted(c) for c in columns)
+            # One statement per step: DuckDB caps each operator, and a join and a sort in one pipeline ran
+            # out of memory where the steps apart did not.
+            self._create_latest(db)
+            db.execute(
+                f"CREATE TABLE joined AS SELECT * FROM ({parts}) AS inputs LEFT JOIN latest USING (custom_id)"
+            )
+            db.execute("DROP TABLE latest")
+            db.execute(
+                f"COPY (SELECT {select} FROM joined ORDER BY {INPUT_PART}, {INPUT_ROW}) "
+                f"TO '{duck.text(tmp)}' (FORMAT parquet, COMPRESSION zstd)"
+            )
 
-    def _journal_sql(self) -> str:
-        """The journal as a DuckDB query with Contract 2's types, its lines in file order."""
-        types = {name: _duckdb_type(dtype) for name, dtype in result_schema().items()}
+    def _journal_sql(self, fields: Sequence[str]) -> str:
+        """The journal's `fields` as a DuckDB query with Contract 2's types, its lines in file order."""
+        schema = result_schema()
+        types = {name: _duckdb_type(schema[name]) for name in fields}
         if not self.journal.is_file() or self.journal.stat().st_size == 0:
-            nulls = ", ".join(f"NULL::{t} AS {_quoted(n)}" for n, t in types.items())
+            nulls = ", ".join(f"NULL::{t} AS {duck.quoted(n)}" for n, t in types.items())
             return f"SELECT {nulls} WHERE false"
         spec = "{" + ", ".join(f"'{n}': '{t}'" for n, t in types.items()) + "}"
         return (
-            f"SELECT * FROM read_json('{sql_text(self.journal)}', "
+            f"SELECT * FROM read_json('{duck.text(self.journal)}', "
             f"format = 'newline_delimited', columns = {spec})"
         )
 
@@ -289,16 +263,6 @@ def _duckdb_type(dtype: Any) -> str:
         return _duckdb_type(dtype.inner) + "[]"
     names = {pl.Int64: "BIGINT", pl.Float64: "DOUBLE", pl.Boolean: "BOOLEAN", pl.String: "VARCHAR"}
     return names[dtype]
-
-
-def _quoted(name: str) -> str:
-    """A column name as a DuckDB identifier, whatever characters the input's columns hold."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def sql_text(path: Path) -> str:
-    """A path inside a single-quoted SQL string (DuckDB's)."""
-    return str(path).replace("'", "''")
 
 
 def _drop_partial_line(path: Path) -> None:

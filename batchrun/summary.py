@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from batchrun.runner import Counters
 
 VARIANT_COLUMN = "variant"  # a sweep's column ([matrix]): present, the summary groups by it
+SUMMARY_MEMORY_MB = 256  # DuckDB's cap while summarizing (the latency quantiles hold one float per row)
 NEEDED_COLUMNS = ("status", "error_type", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s")
 
 
@@ -217,14 +218,10 @@ def summarize(
     DuckDB reads only those columns, under a memory cap, a row group at a time: a million-row output is
     summarized in tens of MB, where polars' group-by with per-group quantiles took 220 MB.
     """
-    import duckdb
+    from batchrun import duck
 
-    from batchrun.store import sql_text
-
-    config: dict[str, str | bool | int | float | list[str]] = {"memory_limit": "256MB", "threads": 1}
-    with duckdb.connect(config=config) as db:
-        db.execute("SET enable_progress_bar = false")  # stderr belongs to batchrun's own progress
-        source = f"read_parquet('{sql_text(output)}')"
+    with duck.connect(SUMMARY_MEMORY_MB) as db:
+        source = f"read_parquet('{duck.text(output)}')"
         names = {row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
         cached = "count(*) FILTER (WHERE cached)" if "cached" in names else "0"
         (totals,) = _query(db, f"SELECT {_AGGREGATES}, {cached} AS cached FROM {source}")
