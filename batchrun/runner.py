@@ -17,7 +17,6 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,14 +31,15 @@ from batchrun.errors import BatchrunError, ErrorClass, ProviderError, StopRun, U
 from batchrun.inputs import PromptSet
 from batchrun.job import Job
 from batchrun.limits import Budget
+from batchrun.outcomes import Counters, Tries, error_result, ok_result
 from batchrun.pacing import Limiter
 from batchrun.pricing import PriceBook
 from batchrun.progress import Observer, Snapshot, watch
 from batchrun.providers import Provider, make_provider
-from batchrun.records import Reply, Request, Result, Usage
+from batchrun.records import Request, Result, Usage
 from batchrun.retry import BackoffWait, retrying
 from batchrun.store import RunStore
-from batchrun.structured import INVALID_JSON, as_json, invalid_json_error, invalid_json_message, wants_json
+from batchrun.structured import as_json, invalid_json_error, wants_json
 from batchrun.summary import Summary, failure_summary, summarize, summary_path, write_summary_json
 from batchrun.sweep import prompt_set, request_models
 from batchrun.transport import Answer, Sender, Timeouts, make_transport
@@ -48,34 +48,6 @@ WRITE_BATCH = 1_000  # results journaled in one write at most
 DRAIN_SECONDS = 30.0  # after an interrupt, how long requests in flight may take to finish
 
 log = logging.getLogger("batchrun")
-
-
-@dataclass(slots=True)
-class Counters:
-    """What this run has done so far (rows answered in earlier runs are not counted here)."""
-
-    sent: int = 0
-    ok: int = 0
-    failed: int = 0
-    reused: int = 0
-    cached: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-
-    def add(self, result: Result) -> None:
-        """Count one finished row."""
-        if result.ok:
-            self.ok += 1
-            self.cached += result.cached
-            self.prompt_tokens += result.prompt_tokens or 0
-            self.completion_tokens += result.completion_tokens or 0
-            self.cost_usd += result.cost_usd or 0.0
-        else:
-            self.failed += 1
-            key = result.error_type or "error"
-            self.errors[key] = self.errors.get(key, 0) + 1
 
 
 def run_job(
@@ -352,7 +324,7 @@ class Runner:
         """One row, with retries; a fatal error stops the run and cancels this task."""
         limits = self.job.limits
         json_mode = wants_json(request.body)
-        tries = _Tries(retry_json=json_mode and limits.retry_invalid_json)
+        tries = Tries(retry_json=json_mode and limits.retry_invalid_json)
         try:
             try:
                 answer = await self._attempt(sender, request, tries)
@@ -375,15 +347,13 @@ class Runner:
         except ProviderError as exc:
             if exc.error_class is ErrorClass.FATAL:
                 self._stop(exc)
-            return _error_result(request.custom_id, exc, tries.made, tries.discarded_usd)
-        result = self._ok_result(
-            request, answer.reply, answer.latency_s, tries.made, json_mode, tries.discarded_usd
-        )
+            return error_result(request.custom_id, exc, tries)
+        result = ok_result(request, answer, tries, self.prices, json_mode=json_mode)
         if self.cache is not None:
             self._to_cache.append((self.cache.key(request), result))
         return result
 
-    async def _attempt(self, sender: Sender, request: Request, tries: _Tries) -> Answer:
+    async def _attempt(self, sender: Sender, request: Request, tries: Tries) -> Answer:
         """One try of one row, through the limiter; failures teach the limiter before they are raised."""
         ticket = await self.limiter.acquire(request)
         tries.made += 1
@@ -416,47 +386,6 @@ class Runner:
             message = f"the provider has failed every request for {down_s:.0f} s ([limits] max_outage_s)"
             raise ProviderError(message, error_type=error_type, error_class=error_class)
 
-    def _ok_result(
-        self,
-        request: Request,
-        reply: Reply,
-        latency: float,
-        attempts: int,
-        json_mode: bool = False,
-        discarded_usd: float = 0.0,
-    ) -> Result:
-        usage = reply.usage
-        cost = self.prices.cost(request.body.get("model"), usage)
-        if discarded_usd and cost is not None:
-            cost += discarded_usd
-        parsed = as_json(reply.completion) if json_mode else None
-        # JSON mode and the completion does not parse: the answer is kept (it was paid for) but the row
-        # is an error a rerun does not resend.
-        invalid = json_mode and parsed is None
-        return Result(
-            custom_id=request.custom_id,
-            status="error" if invalid else "ok",
-            completion=reply.completion,
-            finish_reason=reply.finish_reason,
-            reasoning=reply.reasoning,
-            tool_calls=reply.tool_calls,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            total_tokens=usage.total_tokens,
-            cost_usd=cost,
-            model=reply.model,
-            response_id=reply.response_id,
-            latency_s=latency,
-            attempts=attempts,
-            error_type=INVALID_JSON if invalid else None,
-            error=invalid_json_message(reply.completion) if invalid else None,
-            http_status=200 if invalid else None,
-            completions=list(reply.completions) if reply.completions is not None else None,
-            json=parsed,
-        )
-
     def _stop(self, exc: ProviderError) -> None:
         if self.stop_reason is None:
             self.stop_reason = _fatal_message(self.job, exc)
@@ -485,31 +414,6 @@ class Runner:
                 if self.cache is not None and self._to_cache:
                     self.cache.put_many(self._to_cache)
                     self._to_cache.clear()
-
-
-@dataclass(slots=True)
-class _Tries:
-    """A row's tries so far: all of them, and those that count against `max_attempts`."""
-
-    made: int = 0
-    counted: int = 0
-    retry_json: bool = False  # JSON mode and `[limits] retry_invalid_json`: a non-JSON answer is sent again
-    discarded_usd: float = 0.0  # what the answers sent again for invalid JSON cost
-
-
-def _error_result(custom_id: str, exc: ProviderError, attempts: int, paid_usd: float = 0.0) -> Result:
-    return Result(
-        custom_id=custom_id,
-        status="error",
-        # What the row paid before it failed (answers sent again for invalid JSON), so budgets count it.
-        cost_usd=paid_usd or None,
-        attempts=attempts,
-        error_type=exc.error_type,
-        error=exc.message,
-        http_status=exc.status,
-        # A fatal error (bad key, unpaid account) says nothing about the row: send it again next run.
-        retryable=exc.retryable or exc.error_class is ErrorClass.FATAL,
-    )
 
 
 def _fatal_message(job: Job, exc: ProviderError) -> str:

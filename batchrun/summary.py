@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import duckdb
 
-    from batchrun.runner import Counters
+    from batchrun.outcomes import Counters
 
 VARIANT_COLUMN = "variant"  # a sweep's column ([matrix]): present, the summary groups by it
 SUMMARY_MEMORY_MB = 256  # DuckDB's cap while summarizing (the latency quantiles hold one float per row)

@@ -1,0 +1,106 @@
+"""What a row's tries come to: the `Result` journaled for it, and the run's running counts of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from batchrun.errors import ErrorClass, ProviderError
+from batchrun.records import Request, Result
+from batchrun.structured import INVALID_JSON, as_json, invalid_json_message
+
+if TYPE_CHECKING:
+    from batchrun.pricing import PriceBook
+    from batchrun.transport import Answer
+
+
+@dataclass(slots=True)
+class Tries:
+    """A row's tries so far: all of them, and those that count against `max_attempts`."""
+
+    made: int = 0
+    counted: int = 0
+    retry_json: bool = False  # JSON mode and `[limits] retry_invalid_json`: a non-JSON answer is sent again
+    discarded_usd: float = 0.0  # what the answers sent again for invalid JSON cost
+
+
+def ok_result(
+    request: Request, answer: Answer, tries: Tries, prices: PriceBook, *, json_mode: bool
+) -> Result:
+    """The row's answer with its usage and cost (the discarded answers' cost included).
+
+    In JSON mode a completion that does not parse is kept (it was paid for), but the row is an
+    `invalid_json` error a rerun does not resend.
+    """
+    reply, usage = answer.reply, answer.reply.usage
+    cost = prices.cost(request.body.get("model"), usage)
+    if tries.discarded_usd and cost is not None:
+        cost += tries.discarded_usd
+    parsed = as_json(reply.completion) if json_mode else None
+    invalid = json_mode and parsed is None
+    return Result(
+        custom_id=request.custom_id,
+        status="error" if invalid else "ok",
+        completion=reply.completion,
+        finish_reason=reply.finish_reason,
+        reasoning=reply.reasoning,
+        tool_calls=reply.tool_calls,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        total_tokens=usage.total_tokens,
+        cost_usd=cost,
+        model=reply.model,
+        response_id=reply.response_id,
+        latency_s=answer.latency_s,
+        attempts=tries.made,
+        error_type=INVALID_JSON if invalid else None,
+        error=invalid_json_message(reply.completion) if invalid else None,
+        http_status=200 if invalid else None,
+        completions=list(reply.completions) if reply.completions is not None else None,
+        json=parsed,
+    )
+
+
+def error_result(custom_id: str, exc: ProviderError, tries: Tries) -> Result:
+    """The row's failure, classified; its cost is what it paid before failing (discarded answers)."""
+    return Result(
+        custom_id=custom_id,
+        status="error",
+        cost_usd=tries.discarded_usd or None,  # so budgets count it
+        attempts=tries.made,
+        error_type=exc.error_type,
+        error=exc.message,
+        http_status=exc.status,
+        # A fatal error (bad key, unpaid account) says nothing about the row: send it again next run.
+        retryable=exc.retryable or exc.error_class is ErrorClass.FATAL,
+    )
+
+
+@dataclass(slots=True)
+class Counters:
+    """What this run has done so far (rows answered in earlier runs are not counted here)."""
+
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    reused: int = 0
+    cached: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, result: Result) -> None:
+        """Count one finished row."""
+        if result.ok:
+            self.ok += 1
+            self.cached += result.cached
+            self.prompt_tokens += result.prompt_tokens or 0
+            self.completion_tokens += result.completion_tokens or 0
+            self.cost_usd += result.cost_usd or 0.0
+        else:
+            self.failed += 1
+            key = result.error_type or "error"
+            self.errors[key] = self.errors.get(key, 0) + 1
