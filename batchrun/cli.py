@@ -28,22 +28,35 @@ def main() -> None:
     """Run bulk prompts through LLM APIs: a job file in, one Parquet row per prompt out."""
 
 
+def _job_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """JOB_FILE and the options that change what it runs: --input, --output, --limit, --set."""
+    options = [
+        click.argument("job_file", type=click.Path(path_type=Path)),
+        click.option(
+            "--input",
+            "input_path",
+            type=click.Path(path_type=Path),
+            help="Prompt set (overrides [input] path).",
+        ),
+        click.option(
+            "--output", "output_path", type=click.Path(path_type=Path), help="Output Parquet ([output] path)."
+        ),
+        click.option("--limit", type=click.IntRange(min=1), help="Only the first N rows."),
+        click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="SECTION.KEY=VALUE",
+            help="Override a job-file key, e.g. --set limits.concurrency=8 (repeatable).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.argument("job_file", type=click.Path(path_type=Path))
-@click.option(
-    "--input", "input_path", type=click.Path(path_type=Path), help="Prompt set (overrides [input] path)."
-)
-@click.option(
-    "--output", "output_path", type=click.Path(path_type=Path), help="Output Parquet ([output] path)."
-)
-@click.option("--limit", type=click.IntRange(min=1), help="Only the first N rows.")
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="SECTION.KEY=VALUE",
-    help="Override a job-file key, e.g. --set limits.concurrency=8 (repeatable).",
-)
+@_job_options
 @click.option(
     "--fresh", is_flag=True, help="Forget answers journaled by earlier runs and send every row again."
 )
@@ -165,17 +178,7 @@ def _version() -> str:
 
 
 @main.command()
-@click.argument("job_file", type=click.Path(path_type=Path))
-@click.option(
-    "--input", "input_path", type=click.Path(path_type=Path), help="Prompt set (overrides [input] path)."
-)
-@click.option(
-    "--output", "output_path", type=click.Path(path_type=Path), help="Output Parquet ([output] path)."
-)
-@click.option("--limit", type=click.IntRange(min=1), help="Only the first N rows.")
-@click.option(
-    "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a job-file key."
-)
+@_job_options
 @click.option(
     "--latency",
     "latency_s",
