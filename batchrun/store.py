@@ -6,8 +6,8 @@ Beside the output `out/x.parquet` lives the run folder `out/x.parquet.run/`:
   line for the same `custom_id` wins). Lines go to the kernel in one `write` per batch the moment they
   arrive, so even `kill -9` loses no answer that reached batchrun; an fsync every few seconds covers a
   power cut. A line cut short by one is dropped when the journal is next opened.
-- `input-NNNNNN.parquet`: the input's columns plus `custom_id`, one part per slice, rewritten by every run
-  (the input may have changed between runs).
+- `input-NNNNNN.parquet`: the input's columns plus `custom_id`, about 10,000 rows a part, rewritten by
+  every run (the input may have changed between runs).
 
 The output is assembled from the two when the run ends, written to a temporary file and renamed: a
 reader never sees half a file.
@@ -15,7 +15,6 @@ reader never sees half a file.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -23,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from batchrun import duck
 from batchrun.records import OUTPUT_COLUMNS, Result
@@ -36,6 +37,7 @@ JOURNAL = "results.jsonl"
 FSYNC_SECONDS = 2.0
 ASSEMBLE_MEMORY_MB = 128  # DuckDB's cap while assembling the output; beyond it, it spills to disk
 ASSEMBLE_MEMORY_MAX_MB = 8192  # ... raised up to this when a join needs more
+INPUT_PART_ROWS = 10_000  # input rows per part file (a sweep writes one file per variant at a time)
 INPUT_ROW = "__batchrun_row"  # an input part's row numbers, which keep the output in input order
 INPUT_PART = "__batchrun_part"  # the part's place among the parts, while assembling
 
@@ -69,6 +71,8 @@ class RunStore:
         self.journal = self.dir / JOURNAL
         self._fd: int | None = None
         self._input_parts = 0
+        self._pending: list[tuple[str, pl.DataFrame]] = []  # input pieces not yet in a part file
+        self._pending_rows = 0
         self._synced_at = 0.0
 
     def open(self, *, fresh: bool = False) -> None:
@@ -134,23 +138,41 @@ class RunStore:
         db.execute("DROP TABLE journal")
 
     def write_input(self, frame: pl.DataFrame, part: str = "") -> None:
-        """Keep one slice of the input (its columns plus `custom_id`) for the final join.
+        """Keep a piece of the input (its columns plus `custom_id`) for the final join.
 
-        Parts join in the order of their names: `part` (a sweep's variant) first, then arrival.
+        Pieces wait in memory until `INPUT_PART_ROWS` rows have come, then go to one file per `part` (a
+        sweep's variant), so a run renders in small pieces without writing a thousand small files. Parts
+        join in the order of their names: `part` first, then arrival.
         """
-        self._input_parts += 1
-        path = self.dir / f"input-{part}{self._input_parts:06d}.parquet"
-        tmp = path.with_name(path.name + ".tmp")
-        frame.with_row_index(INPUT_ROW).write_parquet(tmp, compression="zstd", statistics=False)
-        os.replace(tmp, path)
+        self._pending.append((part, frame))
+        self._pending_rows += frame.height
+        if self._pending_rows >= INPUT_PART_ROWS:
+            self.flush_input()
+
+    def flush_input(self) -> None:
+        """Write the pieces of input still waiting (the output's assembly does it first)."""
+        import polars as pl
+
+        by_part: dict[str, list[pl.DataFrame]] = {}
+        for part, frame in self._pending:
+            by_part.setdefault(part, []).append(frame)
+        for part, frames in by_part.items():
+            self._input_parts += 1
+            path = self.dir / f"input-{part}{self._input_parts:06d}.parquet"
+            tmp = path.with_name(path.name + ".tmp")
+            whole = pl.concat(frames, how="vertical_relaxed", rechunk=False)
+            whole.with_row_index(INPUT_ROW).write_parquet(tmp, compression="zstd", statistics=False)
+            os.replace(tmp, path)
+        self._pending.clear()
+        self._pending_rows = 0
 
     def write_results(self, results: Sequence[Result]) -> None:
         """Append results to the journal in one write; fsync when the last one is a few seconds old."""
         assert self._fd is not None, "open() the store first"
         if not results:
             return
-        lines = [json.dumps({f: getattr(r, f) for f in RESULT_FIELDS}, ensure_ascii=False) for r in results]
-        data = ("\n".join(lines) + "\n").encode()
+        # orjson writes a dataclass as an object of its fields, in order, at a tenth of json's CPU.
+        data = b"".join([orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE) for result in results])
         while data:  # a regular file takes it all at once; the loop only guards against a short write
             data = data[os.write(self._fd, data) :]
         if time.monotonic() - self._synced_at >= FSYNC_SECONDS:
@@ -165,6 +187,7 @@ class RunStore:
         Should the cap prove too small (very long completions), it is raised and the join run again: a run
         must never fail at its last step.
         """
+        self.flush_input()
         inputs = sorted(self.dir.glob("input-*.parquet"))
         if not inputs:
             return self._write_empty()

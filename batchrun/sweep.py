@@ -120,11 +120,10 @@ class SweepPromptSet(PromptSet):
         rows = super().count_rows()
         return None if rows is None else rows * len(self.variants)
 
-    def slices(self) -> Iterator[Slice]:
-        """Each slice of the input, once per variant (variant after variant), labelled with its variant."""
-        for frame, first_row in self.frames():
-            for variant, prompts in zip(self.variants, self.sets, strict=True):
-                piece = prompts.render(frame, first_row)
+    def render_frame(self, frame: pl.DataFrame, first_row: int) -> Iterator[Slice]:
+        """A slice of the input once per variant (variant after variant), labelled with its variant."""
+        for variant, prompts in zip(self.variants, self.sets, strict=True):
+            for piece in prompts.render_frame(frame, first_row):
                 yield Slice(self._label(piece.frame, variant), piece.items, part=f"v{variant.index:04d}-")
 
     def _label(self, frame: pl.DataFrame, variant: Variant) -> pl.DataFrame:

@@ -1,15 +1,18 @@
 """The HTTP transport, built in one place, and one attempt of one request over it.
 
 batchrun speaks httpx's API (`httpx.Request`, `httpx.Response`, `httpx.AsyncBaseTransport`), so tests swap
-the network for `httpx.MockTransport`. Underneath runs aiohttp's connection pool: plain httpx's pool
-collapses at the hundreds of requests in flight this tool exists for. Requests go straight to the transport
-rather than through `httpx.AsyncClient`, whose per-request work (URL merging, cookies, redirects, auth
-flows) batchrun does not need and which cost half the CPU of a request when measured.
+the network for `httpx.MockTransport`. Underneath, `Transport` sends the request a run sends most, a POST
+whose reply is read whole, through `batchrun.http1`'s lean HTTP/1.1 pool (a third of aiohttp's CPU per
+request, measured), and everything else (event streams; every request when a proxy is configured) through
+aiohttp's connection pool: plain httpx's pool collapses at the hundreds of requests in flight this tool
+exists for. Requests go straight to the transport rather than through `httpx.AsyncClient`, whose
+per-request work (URL merging, cookies, redirects, auth flows) batchrun does not need and which cost half
+the CPU of a request when measured.
 
 `AiohttpTransport` is ours rather than the `httpx-aiohttp` package's: that one streams every body through
-httpx's byte-stream machinery, which cost a tenth of a row's CPU; a chat completion is small and read
-whole, so this one reads it in one call and hands httpx the bytes. Event streams (`Accept:
-text/event-stream`) are passed through as they arrive.
+httpx's byte-stream machinery, which cost a tenth of a row's CPU; a reply read whole is read in one call
+and handed to httpx as bytes. Event streams (`Accept: text/event-stream`) are passed through as they
+arrive. aiohttp's errors leave it as httpx's, as the transport interface asks.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +28,7 @@ import anyio
 import httpx
 from httpx_sse import EventSource
 
+from batchrun import http1
 from batchrun.errors import ProviderError
 from batchrun.providers.base import Provider
 from batchrun.providers.headers import RateInfo, parse_rate_info
@@ -55,8 +59,38 @@ class Timeouts:
 
 
 def make_transport(max_connections: int) -> httpx.AsyncBaseTransport:
-    """aiohttp's connection pool behind httpx's transport interface, sized for `max_connections`."""
-    return AiohttpTransport(max_connections)
+    """The network for a run with up to `max_connections` requests in flight."""
+    return Transport(max_connections)
+
+
+class Transport(httpx.AsyncBaseTransport):
+    """Replies read whole through the lean HTTP/1.1 pool; event streams through aiohttp.
+
+    With a proxy configured (`HTTPS_PROXY` and friends), which the lean pool does not speak, every request
+    goes through aiohttp.
+    """
+
+    def __init__(self, max_connections: int) -> None:
+        self._aiohttp = AiohttpTransport(max_connections)
+        self._pool = None if _proxy_configured() else http1.Pool()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` through aiohttp (the event-stream path)."""
+        return await self._aiohttp.handle_async_request(request)
+
+    async def post(
+        self, route: http1.Route, content: bytes, timeouts: Timeouts
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """POST `content` along `route` and read the reply whole: status, headers, body."""
+        if self._pool is None:
+            return await self._aiohttp.post(route.url, route.headers, content, timeouts)
+        return await self._pool.post(route, content, connect_s=timeouts.connect_s, total_s=timeouts.total_s)
+
+    async def aclose(self) -> None:
+        """Close both pools' connections."""
+        if self._pool is not None:
+            self._pool.close()
+        await self._aiohttp.aclose()
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -89,25 +123,28 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
         session = self._session or self._open()
         timeout = request.extensions.get("timeout", {})
-        response = await session.request(
-            request.method,
-            str(request.url),
-            headers=request.headers,
-            data=request.content or None,
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(sock_connect=timeout.get("connect"), sock_read=timeout.get("read")),
-        )
-        if "text/event-stream" in request.headers.get("accept", ""):
-            return httpx.Response(
-                response.status,
-                headers=response.raw_headers,
-                stream=_AiohttpStream(response),
-                request=request,
+        with _as_httpx_errors():
+            response = await session.request(
+                request.method,
+                str(request.url),
+                headers=request.headers,
+                data=request.content or None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
+                ),
             )
-        try:
-            body = await response.read()
-        finally:
-            response.release()
+            if "text/event-stream" in request.headers.get("accept", ""):
+                return httpx.Response(
+                    response.status,
+                    headers=response.raw_headers,
+                    stream=_AiohttpStream(response),
+                    request=request,
+                )
+            try:
+                body = await response.read()
+            finally:
+                response.release()
         # httpx decodes any content-encoding itself (aiohttp's decompression is off), as it does for a stream.
         return httpx.Response(response.status, headers=response.raw_headers, content=body, request=request)
 
@@ -128,8 +165,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             timeout = self._timeouts[timeouts] = aiohttp.ClientTimeout(
                 total=timeouts.total_s, sock_connect=timeouts.connect_s
             )
-        async with session.post(url, data=content, headers=headers, timeout=timeout) as response:
-            return response.status, response.headers, await response.read()
+        with _as_httpx_errors():
+            async with session.post(url, data=content, headers=headers, timeout=timeout) as response:
+                return response.status, response.headers, await response.read()
 
     async def aclose(self) -> None:
         """Close the session and its connections."""
@@ -146,8 +184,9 @@ class _AiohttpStream(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """The body's chunks."""
-        async for chunk in self._response.content.iter_any():
-            yield chunk
+        with _as_httpx_errors():
+            async for chunk in self._response.content.iter_any():
+                yield chunk
 
     async def aclose(self) -> None:
         """Give the connection back (or drop it, if the body was not read to the end)."""
@@ -161,12 +200,12 @@ class Sender:
         self.transport = transport
         self.provider = provider
         self.timeouts = timeouts
-        self._url_text = provider.url()
-        self._header_dict = provider.headers()
-        self._url = httpx.URL(self._url_text)
-        self._headers = httpx.Headers(self._header_dict)
+        url, headers = provider.url(), provider.headers()
+        self._route = http1.route(url, headers) if isinstance(transport, Transport) else None
+        self._url = httpx.URL(url)
+        self._headers = httpx.Headers(headers)
         # Asking for an event stream is also what makes `AiohttpTransport` pass the body through unread.
-        self._stream_headers = httpx.Headers({**self._header_dict, "accept": "text/event-stream"})
+        self._stream_headers = httpx.Headers({**headers, "accept": "text/event-stream"})
         total = timeouts.total_s
         self._extensions = {
             "timeout": {"connect": timeouts.connect_s, "read": total, "write": total, "pool": total}
@@ -178,22 +217,19 @@ class Sender:
         Every failure below HTTP (refused or dropped connection, timeout, a body cut short) becomes a
         retryable `ProviderError`, so the retry policy sees one type.
         """
-        import aiohttp
-
         content = self.provider.content(request)
         streaming = self.provider.streams(request)
         started = time.perf_counter()
         try:
-            if streaming or not isinstance(self.transport, AiohttpTransport):
+            if streaming or self._route is None:
                 status, headers, body, reply = await self._send_via_httpx(content, streaming)
             else:
-                status, headers, body = await self.transport.post(
-                    self._url_text, self._header_dict, content, self.timeouts
-                )
+                assert isinstance(self.transport, Transport)
+                status, headers, body = await self.transport.post(self._route, content, self.timeouts)
                 reply = None
         except (TimeoutError, httpx.TimeoutException):
             raise _transient("timeout", f"no complete reply within {self.timeouts.total_s:g} s") from None
-        except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
+        except (httpx.TransportError, OSError) as exc:
             raise _transient("connection", f"{type(exc).__name__}: {exc}") from None
         latency = time.perf_counter() - started
         if reply is None:
@@ -230,8 +266,6 @@ class Sender:
 
     async def _read_stream(self, response: httpx.Response) -> Reply:
         """Fold the server-sent events into a reply as they arrive; stop at the stream's end event."""
-        import aiohttp
-
         parser = self.provider.stream_parser()
         events = EventSource(response).aiter_sse()
         try:
@@ -241,8 +275,7 @@ class Sender:
             # Read on to the body's end (normally at once) so the connection goes back to the pool; a
             # server that keeps talking after the end event gets a second, then the connection closes.
             # The answer is complete and paid for: a connection dropped now must not cost a retry.
-            drain_errors = (httpx.TransportError, aiohttp.ClientError, OSError)
-            with anyio.move_on_after(STREAM_DRAIN_S), contextlib.suppress(*drain_errors):
+            with anyio.move_on_after(STREAM_DRAIN_S), contextlib.suppress(httpx.TransportError, OSError):
                 async for _ in events:
                     pass
         finally:
@@ -252,6 +285,19 @@ class Sender:
 
 def _is_event_stream(response: httpx.Response) -> bool:
     return "text/event-stream" in response.headers.get("content-type", "")
+
+
+@contextlib.contextmanager
+def _as_httpx_errors() -> Iterator[None]:
+    """aiohttp's failures below HTTP as httpx's `TransportError` (timeouts stay `TimeoutError`)."""
+    import aiohttp
+
+    try:
+        yield
+    except TimeoutError:
+        raise
+    except aiohttp.ClientError as exc:
+        raise httpx.TransportError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _proxy_configured() -> bool:

@@ -12,7 +12,7 @@ import pytest
 
 from batchrun import inputs
 from batchrun.errors import InputError
-from batchrun.inputs import PromptSet, Template, estimate_tokens
+from batchrun.inputs import BodyEncoder, PromptSet, Template, encode, estimate_tokens
 from batchrun.job import Job, load_job
 from batchrun.records import Request, Result
 
@@ -395,14 +395,16 @@ def test_small_slices_keep_order_and_row_numbers(write_job: WriteJob, reviews: P
     assert [i.custom_id for p in pieces for i in p.items] == [r.custom_id for r in requests(whole)]
 
 
-def test_the_first_slice_is_short_so_sending_starts_at_once(
+def test_rows_are_rendered_a_short_piece_at_a_time_and_the_first_read_is_short(
     write_job: WriteJob, reviews: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first slice stops at FIRST_SLICE_ROWS; the rest of the first batch follows, in order."""
-    monkeypatch.setattr(inputs, "FIRST_SLICE_ROWS", 10)
+    """Pieces of at most RENDER_ROWS rows; the first read stops at RENDER_ROWS; order is kept."""
+    monkeypatch.setattr(inputs, "RENDER_ROWS", 10)
     job = make_job(write_job, reviews, id_column=None)
-    pieces = list(PromptSet(job, slice_rows=15).slices())
-    assert [piece.frame.height for piece in pieces] == [10, 5, 15, 10]
+    prompts = PromptSet(job, slice_rows=15)
+    assert [frame.height for frame, _ in prompts.frames()] == [10, 15, 15]
+    pieces = list(prompts.slices())
+    assert [piece.frame.height for piece in pieces] == [10, 10, 5, 10, 5]
     whole = PromptSet(job, slice_rows=1_000)
     assert [i.custom_id for p in pieces for i in p.items] == [r.custom_id for r in requests(whole)]
 
@@ -478,3 +480,23 @@ def test_a_slice_of_blank_lines_does_not_end_a_jsonl_input(write_job: WriteJob, 
     prompts = PromptSet(make_job(write_job, path), slice_rows=2)
     assert [piece.frame["id"].to_list() for piece in prompts.slices()] == [["a"], ["b"]]
     assert prompts.count_rows() == 2
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"temperature": 1e-05, "top_p": 0.95, "max_tokens": 2**40, "stop": ["\n", "é"], "seed": None},
+        {"model": "override-first-key", "temperature": 0.7},  # a key that moves: no splicing
+    ],
+)
+def test_the_body_encoder_gives_the_bytes_encode_gives(params: dict[str, Any]) -> None:
+    """Splicing the constant parts around each row's messages yields exactly `encode(body)`."""
+    bodies = BodyEncoder("qwen3-max", params)
+    messages = [
+        {"role": "system", "content": 'Label "it".\n\t\\ \u2028 😀 \x00'},
+        {"role": "user", "content": "Ünïcödé review: 5/5"},
+    ]
+    assert bodies.encode(messages, strings_only=True) == encode(bodies.body(messages))
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "x", "weight": 1e-07}]}]
+    assert bodies.encode(parts, strings_only=False) == encode(bodies.body(parts))

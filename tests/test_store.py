@@ -116,3 +116,24 @@ def test_resume_reads_the_latest_line_per_row(tmp_path: Path) -> None:
     run.close()
     assert sorted(run.finished_ids().to_list()) == ["id-00000", "id-00001", "id-00002"]
     assert run.spent_usd() == pytest.approx(0.875)
+
+
+def test_input_pieces_are_gathered_into_parts_per_variant_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small pieces wait until INPUT_PART_ROWS rows have come, then go to one file per part prefix."""
+    monkeypatch.setattr(store, "INPUT_PART_ROWS", 8)
+    run = RunStore(tmp_path / "out.parquet")
+    run.open()
+    for start in range(0, 6, 2):  # two variants' pieces interleave, as a sweep renders them
+        for variant in ("v0001-", "v0000-"):
+            ids = [f"{variant}{i}" for i in range(start, start + 2)]
+            run.write_input(pl.DataFrame({"text": ids, "custom_id": ids}), variant)
+    written = sorted(p.name for p in run.dir.glob("input-*.parquet"))
+    # Eight rows had come after the second round: one file per variant; the third round still waits.
+    assert written == ["input-v0000-000002.parquet", "input-v0001-000001.parquet"]
+    run.close()
+    out = pl.read_parquet(run.assemble())
+    assert len(list(run.dir.glob("input-*.parquet"))) == 4
+    variant_major = [f"v000{v}-{i}" for v in (0, 1) for i in range(6)]
+    assert out["custom_id"].to_list() == variant_major

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, Protocol
+
+import orjson
 
 from batchrun.errors import ProviderError
 from batchrun.records import Reply, Request
@@ -91,7 +92,7 @@ class ProviderType(Protocol):
 def load_json(body: bytes, what: str) -> Any:
     """Decode a JSON reply; a body cut short is a retryable error, never a short answer."""
     try:
-        return json.loads(body)
+        return orjson.loads(body)  # a reply is parsed per row: orjson takes a third of json's CPU
     except (ValueError, UnicodeDecodeError):
         snippet = body[:120].decode("utf-8", "replace")
         raise retryable_bad_reply(f"{what} is not valid JSON (truncated?): {snippet!r}") from None
