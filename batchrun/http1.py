@@ -157,7 +157,9 @@ Address = tuple[int, tuple[str, int]]  # socket family, (ip, port)
 
 
 async def _addresses(lookup: Any) -> list[Address]:
-    return [(family, (address[0], address[1])) for family, _, _, _, address in await lookup]
+    """IPv4 first: a connection tries one address at a time, and broken IPv6 routes are the common kind."""
+    found = [(family, (address[0], address[1])) for family, _, _, _, address in await lookup]
+    return sorted(found, key=lambda item: item[0] != socket.AF_INET)
 
 
 def _failed(future: asyncio.Future[Any]) -> bool:

@@ -16,7 +16,7 @@ each as its own process, reaped with `os.wait4` for its CPU time and peak RSS. I
 - peak RSS: the client process's high-water mark.
 - ratio: batchrun's rows/s over the ideal (in flight / latency) when there is one, and over each baseline's.
 
-    python benchmarks/run.py                  # every scenario, about 15 minutes on 2 cores
+    python benchmarks/run.py                  # every scenario, about 6 minutes on 2 cores
     python benchmarks/run.py --quick          # a tenth of the rows, and no million-row run
     python benchmarks/run.py --only instant   # scenarios whose name contains "instant"
 
