@@ -53,8 +53,12 @@ def route(url: str, headers: Mapping[str, str]) -> Route:
     host_header = parts.netloc.rpartition("@")[2]
     lines = [f"POST {target} HTTP/1.1", f"Host: {host_header}"]
     skip = {"host", "content-length", "connection", "transfer-encoding"}
-    lines += [f"{name}: {value}" for name, value in headers.items() if name.lower() not in skip]
-    head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+    for name, value in headers.items():
+        if any(c in f"{name}{value}" for c in "\r\n\0"):
+            raise ValueError(f"header {name!r} holds a line break or NUL, which would end the header early")
+        if name.lower() not in skip:
+            lines.append(f"{name}: {value}")
+    head = ("\r\n".join(lines) + "\r\n").encode()  # UTF-8, as aiohttp sends a value past latin-1
     return Route(url, headers, (scheme, host, port), head)
 
 
@@ -96,19 +100,24 @@ class Pool:
             raise
         finally:
             timer.cancel()
-        if connection.reusable:
+        if connection.open:
             connection.idle_since = loop.time()
             self._idle.setdefault(route.key, []).append(connection)
         else:
             connection.close()
-        return status, headers, _decoded(body, headers)
+        try:
+            return status, headers, _decoded(body, headers)
+        except ConnectionError:
+            if status == 200:
+                raise
+            return status, headers, body  # an error reply keeps its status (and its Retry-After) regardless
 
     def _reusable(self, key: tuple[str, str, int], now: float) -> _Connection | None:
         """The most recently used idle connection to `key` that is still open and fresh."""
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
-            if connection.reusable and now - connection.idle_since < self.keepalive_s:
+            if connection.open and now - connection.idle_since < self.keepalive_s:
                 return connection
             connection.close()
         return None
@@ -195,6 +204,12 @@ class _Connection(asyncio.Protocol):
         self.transport.write(b"%sContent-Length: %d\r\n\r\n%s" % (head, len(content), content))
         return self._reply
 
+    @property
+    def open(self) -> bool:
+        """Whether a request may go out on this connection: its last reply ended with keep-alive, and
+        the server has not begun to close it (a FIN already read, its `connection_lost` still queued)."""
+        return self.reusable and self.transport is not None and not self.transport.is_closing()
+
     def data_received(self, data: bytes) -> None:
         """Feed the parser; a reply nobody asked for, or one that is not HTTP, ends the connection."""
         if self._reply is None:
@@ -202,9 +217,14 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fail(ConnectionError(f"the server's reply is not valid HTTP/1.1: {exc}"))
             self.close()
+
+    def eof_received(self) -> bool:
+        """The server closed its side: no request goes out on this connection again."""
+        self.reusable = False
+        return False  # let the transport close; `connection_lost` settles a reply in progress
 
     def connection_lost(self, exc: Exception | None) -> None:
         """A reply that runs to the connection's close ends here; any other reply in progress failed."""
@@ -228,6 +248,11 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
     # httptools' callbacks
+
+    def on_message_begin(self) -> None:
+        """A reply begins; bytes nobody asked for (after the reply that was) make the connection unusable."""
+        if self._reply is None:
+            self.reusable = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """Collect a header; a repeated one is joined with commas, as HTTP allows."""
@@ -255,10 +280,11 @@ class _Connection(asyncio.Protocol):
     def _finish(self, *, keep_alive: bool = False) -> None:
         reply = (self._status, self._headers, b"".join(self._body))
         self._reset()
-        self.reusable = keep_alive and self.transport is not None
-        if self._reply is not None and not self._reply.done():
-            self._reply.set_result(reply)
-        self._reply = None
+        waiting, self._reply = self._reply, None
+        # A reply nobody waits for (unasked for, or its request timed out) leaves the connection unusable.
+        self.reusable = keep_alive and self.transport is not None and waiting is not None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(reply)
 
     def _fail(self, exc: BaseException) -> None:
         self._reset()

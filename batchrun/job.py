@@ -79,6 +79,14 @@ class ProviderSection(_Section):
             raise ValueError(f"unknown kind {kind!r}; known: {', '.join(sorted(KINDS))}")
         return kind
 
+    @field_validator("headers")
+    @classmethod
+    def _single_line_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if any(c in f"{name}{value}" for c in "\r\n\0"):
+                raise ValueError(f"header {name!r} holds a line break or NUL; a header is one line")
+        return headers
+
     @model_validator(mode="after")
     def _has_endpoint(self) -> ProviderSection:
         if self.base_url is None and self.preset != "emulator":

@@ -15,6 +15,7 @@ reader never sees half a file.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -171,8 +172,7 @@ class RunStore:
         assert self._fd is not None, "open() the store first"
         if not results:
             return
-        # orjson writes a dataclass as an object of its fields, in order, at a tenth of json's CPU.
-        data = b"".join([orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE) for result in results])
+        data = b"".join([_journal_line(result) for result in results])
         while data:  # a regular file takes it all at once; the loop only guards against a short write
             data = data[os.write(self._fd, data) :]
         if time.monotonic() - self._synced_at >= FSYNC_SECONDS:
@@ -286,6 +286,17 @@ def _duckdb_type(dtype: Any) -> str:
         return _duckdb_type(dtype.inner) + "[]"
     names = {pl.Int64: "BIGINT", pl.Float64: "DOUBLE", pl.Boolean: "BOOLEAN", pl.String: "VARCHAR"}
     return names[dtype]
+
+
+def _journal_line(result: Result) -> bytes:
+    """One journal line. orjson writes a dataclass as an object of its fields, in order, at a tenth of
+    json's CPU; what it refuses (an integer past 64 bits in a reply's fields) json writes, so the writer
+    never fails on an answer already paid for."""
+    try:
+        return orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        fields_ = {name: getattr(result, name) for name in RESULT_FIELDS}
+        return (json.dumps(fields_, ensure_ascii=False, default=str) + "\n").encode("utf-8", "replace")
 
 
 def _drop_partial_line(path: Path) -> None:

@@ -256,3 +256,45 @@ def test_behind_a_proxy_requests_go_through_aiohttp_to_the_proxy(monkeypatch: py
         assert proxy.requests[0].startswith(b"POST http://api.example.invalid/v1/chat/completions HTTP/1.1")
 
     run(main())
+
+
+def test_a_connection_the_server_closed_after_its_reply_is_not_reused() -> None:
+    """A keep-alive reply, then the server hangs up: the next request opens a new connection, not fails."""
+
+    def reply_and_hang_up(writer: asyncio.StreamWriter) -> None:
+        writer.write(reply(b"1"))
+
+    async def main() -> None:
+        async with scripted(reply_and_hang_up, reply(b"2")) as server:
+            pool = http1.Pool()
+            assert (await post(pool, server.url))[2] == b"1"
+            await asyncio.sleep(0.05)  # the server's FIN arrives
+            assert (await post(pool, server.url))[2] == b"2"
+            pool.close()
+        assert server.connections == 2
+
+    run(main())
+
+
+def test_an_error_reply_in_an_unknown_coding_keeps_its_status_and_an_upgrade_is_refused() -> None:
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    brotli = (b"\x8b\x00", "Content-Encoding: br")
+    too_many = reply(*brotli, "Retry-After: 3", status="429 Too Many Requests")
+
+    async def main() -> None:
+        async with scripted(too_many, reply(*brotli), upgrade) as server:
+            pool = http1.Pool()
+            status, headers, body = await post(pool, server.url)
+            assert (status, headers["retry-after"], body) == (429, "3", b"\x8b\x00")
+            with pytest.raises(ConnectionError, match="'br' coding"):
+                await post(pool, server.url)  # a 200 must be read: an unreadable one is an error
+            with pytest.raises(ConnectionError, match="not valid HTTP"):
+                await post(pool, server.url)
+            pool.close()
+
+    run(main())
+
+
+def test_a_header_cannot_smuggle_a_line_break() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        http1.route("http://127.0.0.1:1/v1", {"X-Note": "a\r\nEvil: 1"})

@@ -315,3 +315,11 @@ def test_numeric_looking_names_from_the_command_line_stay_text(write_job: WriteJ
     """`--set provider.model=123` parses as a TOML number but is taken as the model's name."""
     job = load_job(write_job(URL, header=job_text()), ("provider.model=123",))
     assert job.provider.model == "123"
+
+
+def test_a_header_with_a_line_break_is_rejected_naming_it(write_job: WriteJob) -> None:
+    """A header value is one line: a line break would end the request's headers early."""
+    provider = f'base_url = "{URL}"\nmodel = "qwen3-max"\nheaders = {{ "X-Note" = "a\\r\\nX-Evil: 1" }}'
+    message = load_error(write_job(URL, header=job_text(provider)))
+    assert "[provider] headers" in message
+    assert "'X-Note' holds a line break" in message

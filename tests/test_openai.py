@@ -104,12 +104,24 @@ def test_parse_input_output_token_names() -> None:
     assert parsed.usage == Usage(prompt_tokens=12, completion_tokens=3, total_tokens=15)
 
 
-@pytest.mark.parametrize("usage", [None, "n/a", {"prompt_tokens": "12", "completion_tokens": True}])
+@pytest.mark.parametrize(
+    "usage",
+    [None, "n/a", {"prompt_tokens": "12", "completion_tokens": True}, {"prompt_tokens": 2**70}],
+)
 def test_parse_missing_or_odd_usage_gives_unknown_counts(usage: Any) -> None:
     """Missing usage, or counts that are not numbers, give None counts rather than made-up ones."""
     parsed = PROVIDER.parse(reply({"content": "x"}, usage))
     assert parsed.usage == Usage()
     assert parsed.completion == "x"
+
+
+def test_a_reply_with_nan_and_a_lone_surrogate_still_parses() -> None:
+    """What orjson refuses but json reads (NaN in logprobs, a lone surrogate) is an answer."""
+    body = reply({"content": "SURROGATE"}, {"prompt_tokens": 3, "completion_tokens": 1})
+    body = body.replace(b"SURROGATE", b"x\\ud83d").replace(b'"choices"', b'"logprobs_mean": NaN, "choices"')
+    parsed = PROVIDER.parse(body)
+    assert parsed.completion == "x\ud83d"
+    assert parsed.usage.prompt_tokens == 3
 
 
 def test_parse_reasoning_content() -> None:

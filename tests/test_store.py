@@ -137,3 +137,13 @@ def test_input_pieces_are_gathered_into_parts_per_variant_in_order(
     assert len(list(run.dir.glob("input-*.parquet"))) == 4
     variant_major = [f"v000{v}-{i}" for v in (0, 1) for i in range(6)]
     assert out["custom_id"].to_list() == variant_major
+
+
+def test_a_result_orjson_refuses_is_still_journaled(tmp_path: Path) -> None:
+    """A lone surrogate in a completion (JSON allows the escape) must not cost the answer."""
+    run = _store(tmp_path / "out.parquet", 2)
+    lone_surrogate = Result("id-00000", "ok", completion="x\ud83d")
+    run.write_results([lone_surrogate, Result("id-00001", "ok", completion="y")])
+    run.close()
+    out = pl.read_parquet(run.assemble())
+    assert out["completion"].to_list() == ["x?", "y"]

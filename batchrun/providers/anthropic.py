@@ -27,7 +27,14 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from batchrun.errors import ErrorClass, ProviderError
-from batchrun.providers.base import Auth, StreamParser, auth_header, load_json, retryable_bad_reply
+from batchrun.providers.base import (
+    Auth,
+    StreamParser,
+    auth_header,
+    load_json,
+    retryable_bad_reply,
+    token_count,
+)
 from batchrun.providers.headers import wait_hint
 from batchrun.records import Reply, Request, Usage
 from batchrun.retry import FATAL_CODES, ROW_CODES, classify
@@ -191,10 +198,10 @@ def parse_usage(usage: Any) -> Usage:
     """Anthropic usage with `prompt_tokens` counting every input token, cached reads and writes included."""
     if not isinstance(usage, dict):
         return Usage()
-    fresh = _int(usage.get("input_tokens"))
-    read = _int(usage.get("cache_read_input_tokens"))
-    written = _int(usage.get("cache_creation_input_tokens"))
-    output = _int(usage.get("output_tokens"))
+    fresh = token_count(usage.get("input_tokens"))
+    read = token_count(usage.get("cache_read_input_tokens"))
+    written = token_count(usage.get("cache_creation_input_tokens"))
+    output = token_count(usage.get("output_tokens"))
     prompt = None if fresh is None else fresh + (read or 0) + (written or 0)
     total = prompt + output if prompt is not None and output is not None else None
     return Usage(prompt_tokens=prompt, completion_tokens=output, cached_tokens=read, total_tokens=total)
@@ -341,7 +348,3 @@ def _tool_choice(choice: Any) -> Any:
     if isinstance(choice, dict) and choice.get("type") == "function":
         return {"type": "tool", "name": (choice.get("function") or {}).get("name")}
     return choice
-
-
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

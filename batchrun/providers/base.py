@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -93,9 +94,21 @@ def load_json(body: bytes, what: str) -> Any:
     """Decode a JSON reply; a body cut short is a retryable error, never a short answer."""
     try:
         return orjson.loads(body)  # a reply is parsed per row: orjson takes a third of json's CPU
+    except ValueError:
+        pass
+    try:
+        # What orjson refuses and json reads: NaN and Infinity (some servers' logprobs), lone surrogates.
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         snippet = body[:120].decode("utf-8", "replace")
         raise retryable_bad_reply(f"{what} is not valid JSON (truncated?): {snippet!r}") from None
+
+
+def token_count(value: Any) -> int | None:
+    """A usage field as a count: a number within the journal's 64-bit integers, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if -(2**63) <= value < 2**63 else None  # NaN compares false: None too
 
 
 def retryable_bad_reply(message: str) -> ProviderError:

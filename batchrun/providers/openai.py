@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from batchrun.errors import ProviderError
-from batchrun.providers.base import Auth, StreamParser, auth_header, load_json, retryable_bad_reply
+from batchrun.providers.base import (
+    Auth,
+    StreamParser,
+    auth_header,
+    load_json,
+    retryable_bad_reply,
+    token_count,
+)
 from batchrun.providers.headers import wait_hint
 from batchrun.records import Reply, Request, Usage
 from batchrun.retry import classify
@@ -163,26 +170,22 @@ def parse_usage(usage: Any) -> Usage:
     """OpenAI usage, including the variants resellers send (`input_tokens`, `prompt_cache_hit_tokens`)."""
     if not isinstance(usage, dict):
         return Usage()
-    prompt = _int(_first(usage.get("prompt_tokens"), usage.get("input_tokens")))
-    completion = _int(_first(usage.get("completion_tokens"), usage.get("output_tokens")))
+    prompt = token_count(_first(usage.get("prompt_tokens"), usage.get("input_tokens")))
+    completion = token_count(_first(usage.get("completion_tokens"), usage.get("output_tokens")))
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
     # A null counts as absent: AI/ML API's schema allows `cached_tokens: null` beside other fields.
-    cached = _int(_first(prompt_details.get("cached_tokens"), usage.get("prompt_cache_hit_tokens")))
-    total = _int(usage.get("total_tokens"))
+    cached = token_count(_first(prompt_details.get("cached_tokens"), usage.get("prompt_cache_hit_tokens")))
+    total = token_count(usage.get("total_tokens"))
     if total is None and prompt is not None and completion is not None:
         total = prompt + completion
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         cached_tokens=cached,
-        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+        reasoning_tokens=token_count(completion_details.get("reasoning_tokens")),
         total_tokens=total,
     )
-
-
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _first(value: Any, fallback: Any) -> Any:
