@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from batchrun.errors import UsageError
+from batchrun.errors import ProviderError, UsageError
 from batchrun.job import Job
 
 EMULATOR_LATENCY_S = 0.02  # the demo's emulator answers like a fast model, not instantly
@@ -43,3 +43,20 @@ def open_endpoint(job: Job) -> Iterator[str]:
 def cache_scope(job: Job) -> str:
     """What a cached answer is tied to: the endpoint (the emulator's port changes, its answers do not)."""
     return job.provider.base_url or f"preset:{job.provider.preset}"
+
+
+def fatal_message(job: Job, exc: ProviderError) -> str:
+    """Why the run stopped on a fatal error, and what to fix in the job, account or environment."""
+    status = f"HTTP {exc.status}" if exc.status else "error"
+    code = f" ({exc.code})" if exc.code else ""
+    head = f"Stopped: {status}{code} from {job.provider.base_url or 'the emulator'}: {exc.message}"
+    env = job.provider.api_key_env
+    fixes: dict[str, str] = {
+        "auth": f"Check the key in {env} and that it belongs to this endpoint's region and account."
+        if env
+        else "The endpoint wants a key: set [provider] api_key_env to the variable that holds it.",
+        "billing": "The account has no balance or quota left: top it up, then rerun.",
+        "model_not_found": f"Check [provider] model ({job.provider.model!r}) against the provider's models.",
+        "outage": "The provider is down: rerun later to resume.",
+    }
+    return f"{head}\n{fixes.get(exc.error_type, 'Fix the cause, then rerun.')}"
