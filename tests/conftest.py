@@ -15,9 +15,18 @@ from click.testing import CliRunner
 
 from batchrun.cli import main
 from batchrun.emulator import EmulatorConfig, EmulatorServer
+from batchrun.errors import JobFileError
+from batchrun.job import load_job
 
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
+
+
+def load_error(path: Path, overrides: tuple[str, ...] = ()) -> str:
+    """The message of the JobFileError that loading `path` raises."""
+    with pytest.raises(JobFileError) as info:
+        load_job(path, overrides)
+    return str(info.value)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 
 from batchrun.errors import JobFileError
 from batchrun.job import load_job
+from tests.conftest import load_error
 
 WriteJob = Callable[..., Path]
 
@@ -34,13 +35,6 @@ def job_text(provider: str = f'base_url = "{URL}"\nmodel = "qwen3-max"', extra: 
     """A small valid job file with the given `[provider]` body and extra TOML after it."""
     head = 'name = "t"\n\n[input]\npath = "in.jsonl"\n\n[prompt]\ntemplate = "{text}"\n\n'
     return f"{head}[provider]\n{provider}\n{extra}"
-
-
-def load_error(path: Path, overrides: tuple[str, ...] = ()) -> str:
-    """The message of the JobFileError that loading `path` raises."""
-    with pytest.raises(JobFileError) as info:
-        load_job(path, overrides)
-    return str(info.value)
 
 
 def test_preset_fills_kind_base_url_and_key_env(write_job: WriteJob) -> None:
