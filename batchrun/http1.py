@@ -15,6 +15,7 @@ the caller classifies as retryable.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import ssl
 import zlib
@@ -140,6 +141,11 @@ class Pool:
 
     async def _resolve(self, host: str, port: int) -> list[Address]:
         """The host's addresses, looked up once per `DNS_TTL_S` however many connections ask at once."""
+        literal = _ip_literal(host, port)
+        if literal is not None:
+            # No lookup (a thread's round trip, tens of ms while a thousand connections open at once);
+            # the address is passed as written, so an IPv6 scope id (`fe80::1%eth0`) is kept.
+            return [literal]
         loop = asyncio.get_running_loop()
         cached = self._addresses.get((host, port))
         if cached is None or loop.time() - cached[0] > DNS_TTL_S or _failed(cached[1]):
@@ -169,6 +175,15 @@ async def _addresses(lookup: Any) -> list[Address]:
     """IPv4 first: a connection tries one address at a time, and broken IPv6 routes are the common kind."""
     found = [(family, (address[0], address[1])) for family, _, _, _, address in await lookup]
     return sorted(found, key=lambda item: item[0] != socket.AF_INET)
+
+
+def _ip_literal(host: str, port: int) -> Address | None:
+    """The address when `host` is an IP address as written, not a name."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+    return (socket.AF_INET if version == 4 else socket.AF_INET6), (host, port)
 
 
 def _failed(future: asyncio.Future[Any]) -> bool:

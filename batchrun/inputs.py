@@ -275,7 +275,9 @@ class PromptSet:
         import polars as pl
 
         with self.path.open("rb") as file:
-            size = min(RENDER_ROWS, self.slice_rows)  # the first requests wait on this read: keep it short
+            # The first requests wait on this read, so it is short, but it fills the first wave: rows past
+            # it would wait for the next read, which competes for the GIL with a thousand connections opening.
+            size = min(max(RENDER_ROWS, self.job.limits.concurrency), self.slice_rows)
             while chunk := list(itertools.islice(file, size)):
                 size = self.slice_rows
                 lines = [line for line in chunk if not line.isspace()]

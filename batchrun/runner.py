@@ -31,6 +31,7 @@ from batchrun.cache import ResponseCache
 from batchrun.channels import receive, send
 from batchrun.endpoint import api_key, cache_scope, fatal_message, open_endpoint
 from batchrun.errors import BatchrunError, ErrorClass, ProviderError, StopRun, UsageError
+from batchrun.gctuning import quiet_gc
 from batchrun.inputs import PromptSet, Slice
 from batchrun.job import Job
 from batchrun.limits import Budget
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 WRITE_BATCH = 1_000  # results journaled in one write at most
 DRAIN_SECONDS = 30.0  # after an interrupt, how long requests in flight may take to finish
+FEED_TURN = 64  # requests queued between two turns of the loop: the first wave goes out as it is queued
 
 log = logging.getLogger("batchrun")
 
@@ -176,7 +178,8 @@ class Runner:
             if cap is not None:
                 # Earlier runs of this job count against the cap: a crash and a resume must not double it.
                 self.budget = Budget(cap, spent_usd=self.store.spent_usd())
-            await self._send_all(transport)
+            with quiet_gc():
+                await self._send_all(transport)
         finally:
             self.store.close()
         wall_s = time.monotonic() - started
@@ -299,7 +302,7 @@ class Runner:
             else:
                 pending.append(item)
         hits = self.cache.get_many(pending) if self.cache is not None else {}
-        for request in pending:
+        for queued, request in enumerate(pending, 1):
             if self._draining:
                 return False
             hit = hits.get(request.custom_id)
@@ -307,6 +310,8 @@ class Runner:
                 await (send(results, hit) if hit is not None else send(requests, request))
             except anyio.BrokenResourceError:
                 return False  # every worker has stopped (an interrupt): nothing left to feed
+            if queued % FEED_TURN == 0:
+                await checkpoint()
         return True
 
     async def _worker(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import inspect
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -219,7 +220,7 @@ def test_a_cancelled_request_closes_its_connection() -> None:
 
 
 def test_many_connections_share_one_address_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fifty requests at once open fifty connections after one lookup of the host."""
+    """Fifty requests at once open fifty connections after one lookup of the host; an IP address, none."""
     lookups: list[str] = []
 
     async def main() -> None:
@@ -238,8 +239,23 @@ def test_many_connections_share_one_address_lookup(monkeypatch: pytest.MonkeyPat
             pool.close()
         assert [a[2] for a in answers] == [b"x"] * 50
         assert lookups == ["localhost"]
+        async with scripted(reply(b"y"), reply(b"z")) as server:
+            pool = http1.Pool()
+            answers = await asyncio.gather(post(pool, server.url), post(pool, server.url))
+            pool.close()
+        assert sorted(a[2] for a in answers) == [b"y", b"z"]
+        assert lookups == ["localhost"]
 
     run(main())
+
+
+def test_an_ip_address_is_used_as_written() -> None:
+    """IPv4, IPv6 and a scoped IPv6 address (its `%eth0` kept) need no lookup; a name does."""
+    assert http1._ip_literal("10.0.0.7", 80) == (socket.AF_INET, ("10.0.0.7", 80))
+    assert http1._ip_literal("::1", 8000) == (socket.AF_INET6, ("::1", 8000))
+    assert http1._ip_literal("fe80::1%eth0", 443) == (socket.AF_INET6, ("fe80::1%eth0", 443))
+    assert http1._ip_literal("localhost", 80) is None
+    assert http1._ip_literal("api.example.com", 443) is None
 
 
 def test_behind_a_proxy_requests_go_through_aiohttp_to_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -398,15 +398,18 @@ def test_small_slices_keep_order_and_row_numbers(write_job: WriteJob, reviews: P
 def test_rows_are_rendered_a_short_piece_at_a_time_and_the_first_read_is_short(
     write_job: WriteJob, reviews: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Pieces of at most RENDER_ROWS rows; the first read stops at RENDER_ROWS; order is kept."""
+    """Pieces of at most RENDER_ROWS rows; the first read stops at RENDER_ROWS, or at the concurrency when
+    that is more (the first wave of requests is not kept waiting for a second read); order is kept."""
     monkeypatch.setattr(inputs, "RENDER_ROWS", 10)
-    job = make_job(write_job, reviews, id_column=None)
+    job = make_job(write_job, reviews, id_column=None, overrides=("limits.concurrency=4",))
     prompts = PromptSet(job, slice_rows=15)
     assert [frame.height for frame, _ in prompts.frames()] == [10, 15, 15]
     pieces = list(prompts.slices())
     assert [piece.frame.height for piece in pieces] == [10, 10, 5, 10, 5]
     whole = PromptSet(job, slice_rows=1_000)
     assert [i.custom_id for p in pieces for i in p.items] == [r.custom_id for r in requests(whole)]
+    wide = make_job(write_job, reviews, id_column=None, overrides=("limits.concurrency=12",))
+    assert [frame.height for frame, _ in PromptSet(wide, slice_rows=15).frames()] == [12, 15, 13]
 
 
 def test_slices_number_rows_across_slices_in_error_messages(

@@ -1,0 +1,55 @@
+"""The collector's tuning during a run (batchrun/gctuning.py): applied inside, restored after."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+
+from batchrun.gctuning import YOUNG_THRESHOLD, quiet_gc
+
+
+def test_inside_a_run_the_collector_is_tuned_and_after_it_restored() -> None:
+    """Objects alive at the start are frozen and young collections rarer; both undone at the end."""
+    before = gc.get_threshold()
+    assert gc.get_freeze_count() == 0
+    with quiet_gc():
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+
+
+def test_overlapping_runs_restore_the_settings_only_when_the_last_one_ends() -> None:
+    """Two runs in two threads, the first ending first: the tuning lasts until the second ends."""
+    before = gc.get_threshold()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: list[tuple[int, ...]] = []
+
+    def second() -> None:
+        first_in.wait(5)
+        with quiet_gc():
+            second_in.set()
+            first_out.wait(5)
+            seen.append(gc.get_threshold())
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with quiet_gc():
+        first_in.set()
+        second_in.wait(5)
+    first_out.set()
+    thread.join(5)
+    assert seen == [(YOUNG_THRESHOLD, *before[1:])]
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+
+
+def test_an_error_inside_still_restores_the_settings() -> None:
+    """A run that raises leaves the collector as it found it."""
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError, match="boom"), quiet_gc():
+        raise RuntimeError("boom")
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
