@@ -17,11 +17,17 @@ def api_key(job: Job) -> str | None:
     env = job.provider.api_key_env
     if env is None:
         return None
-    key = os.environ.get(env)
+    # Surrounding whitespace is never part of a key: a line end from a file or a CRLF .env is dropped.
+    key = os.environ.get(env, "").strip()
     if not key and job.provider.api_key_required:
         raise UsageError(
             f"{job.source}: the environment variable {env} is not set; export {env}=<your key> "
             f"(it names [provider] api_key_env; the key itself never goes into a job file)"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        # It would end the Authorization header early; the key itself is not shown.
+        raise UsageError(
+            f"{job.source}: the key in {env} holds a control character (a line break?); set it again"
         )
     return key or None
 

@@ -311,6 +311,8 @@ class Runner:
             except anyio.BrokenResourceError:
                 return False  # every worker has stopped (an interrupt): nothing left to feed
             if queued % FEED_TURN == 0:
+                # A worker's connection opens and its request is written only when the loop polls: queued
+                # all at once, the first 1,024 requests went out 0.2 s late, after the last was ready.
                 await checkpoint()
         return True
 

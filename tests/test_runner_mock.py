@@ -246,6 +246,24 @@ def test_missing_key_env_var_raises_before_sending(
     assert not job.output_path.exists()
 
 
+def test_a_key_with_a_line_end_is_trimmed_and_one_with_a_break_inside_is_refused(
+    write_job: WriteJob, reviews: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key ending in CRLF is sent without it; a break inside it stops the run naming the variable, not
+    the key, before anything is sent."""
+    job = make_job(write_job, "provider.api_key_env=BATCHRUN_TEST_KEY")
+    monkeypatch.setenv("BATCHRUN_TEST_KEY", "sk-live-1\r\n")
+    endpoint = FakeEndpoint(reviews)
+    run(job, endpoint)
+    assert endpoint.authorization == {"Bearer sk-live-1"}
+    monkeypatch.setenv("BATCHRUN_TEST_KEY", "sk-live-1\nX-Evil: 1")
+    broken = FakeEndpoint(reviews)
+    with pytest.raises(UsageError, match="the key in BATCHRUN_TEST_KEY holds a control character") as info:
+        run(job, broken)
+    assert "sk-live" not in str(info.value)
+    assert broken.total == 0
+
+
 def test_400_fails_only_its_row_without_retry(write_job: WriteJob, reviews: Path) -> None:
     """A 400 fails that row once (attempts 1, http_status 400, the provider's message); the run exits 1."""
     endpoint = FakeEndpoint(reviews, {"r0004": [BAD_REQUEST, BAD_REQUEST]})
