@@ -125,7 +125,7 @@ def _run_one(
 
     log = logging.getLogger("batchrun")
     env = job.provider.api_key_env
-    secret = os.environ.get(env) if env else None
+    secret = (os.environ.get(env, "").strip() or None) if env else None  # as endpoint.api_key reads it
     with runlog.file_logging(runlog.log_path(job.output_path), secret=secret):
         log.info("%s: %s -> %s", job.name, job.input.path, job.output_path)
         runlog.file_only.info(
