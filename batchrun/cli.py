@@ -120,12 +120,13 @@ def _run_one(
     import os
 
     from batchrun import runlog
+    from batchrun.endpoint import read_key
     from batchrun.errors import BatchrunError
     from batchrun.runner import run_job
 
     log = logging.getLogger("batchrun")
     env = job.provider.api_key_env
-    secret = (os.environ.get(env, "").strip() or None) if env else None  # as endpoint.api_key reads it
+    secret = read_key(env) if env else None
     with runlog.file_logging(runlog.log_path(job.output_path), secret=secret):
         log.info("%s: %s -> %s", job.name, job.input.path, job.output_path)
         runlog.file_only.info(
@@ -307,16 +308,15 @@ def _share(name: str, what: str) -> Callable[[Callable[..., Any]], Callable[...,
 @click.option("--seed", default=0, show_default=True, help="Seed for the fault pattern.")
 def emulate(host: str, port: int, api_key_env: str | None, **behaviour: Any) -> None:
     """Serve a local OpenAI- and Anthropic-compatible API: deterministic replies, limits, faults."""
-    import os
-
     from batchrun.emulator import EmulatorConfig, serve
+    from batchrun.endpoint import read_key
 
     api_key = None
     if api_key_env:
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
+        api_key = read_key(api_key_env)  # read as a job reads it, so both sides agree on the key
+        if api_key is None:
             raise click.BadParameter(
-                f"the environment variable {api_key_env} is not set", param_hint="--api-key-env"
+                f"the environment variable {api_key_env} is not set or is empty", param_hint="--api-key-env"
             )
     try:
         config = EmulatorConfig(api_key=api_key, **behaviour)

@@ -17,19 +17,26 @@ def api_key(job: Job) -> str | None:
     env = job.provider.api_key_env
     if env is None:
         return None
-    # Surrounding whitespace is never part of a key: a line end from a file or a CRLF .env is dropped.
-    key = os.environ.get(env, "").strip()
-    if not key and job.provider.api_key_required:
+    key = read_key(env)
+    if key is None and job.provider.api_key_required:
         raise UsageError(
-            f"{job.source}: the environment variable {env} is not set; export {env}=<your key> "
+            f"{job.source}: the environment variable {env} is not set or is empty; export {env}=<your key> "
             f"(it names [provider] api_key_env; the key itself never goes into a job file)"
         )
-    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+    if key is not None and any(ord(c) < 32 or ord(c) == 127 for c in key):
         # It would end the Authorization header early; the key itself is not shown.
         raise UsageError(
             f"{job.source}: the key in {env} holds a control character (a line break?); set it again"
         )
-    return key or None
+    return key
+
+
+def read_key(env: str) -> str | None:
+    """The key held by the environment variable `env`, None when unset or blank.
+
+    Surrounding whitespace is never part of a key: a line end from a file or a CRLF `.env` is dropped.
+    """
+    return os.environ.get(env, "").strip() or None
 
 
 @contextlib.contextmanager

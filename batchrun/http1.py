@@ -143,8 +143,8 @@ class Pool:
         """The host's addresses, looked up once per `DNS_TTL_S` however many connections ask at once."""
         literal = _ip_literal(host, port)
         if literal is not None:
-            # No lookup (a thread's round trip, tens of ms while a thousand connections open at once);
-            # the address is passed as written, so an IPv6 scope id (`fe80::1%eth0`) is kept.
+            # No lookup of ours (a thread's round trip, tens of ms while a thousand connections open at
+            # once); the address goes to the loop as written, so an IPv6 scope id (`fe80::1%eth0`) is kept.
             return [literal]
         loop = asyncio.get_running_loop()
         cached = self._addresses.get((host, port))
@@ -179,6 +179,8 @@ async def _addresses(lookup: Any) -> list[Address]:
 
 def _ip_literal(host: str, port: int) -> Address | None:
     """The address when `host` is an IP address as written, not a name."""
+    if not (host[:1].isdigit() or ":" in host):
+        return None  # a name (the usual case), told apart without an exception
     try:
         version = ipaddress.ip_address(host).version
     except ValueError:

@@ -276,6 +276,8 @@ class Runner:
             # request in flight, and a whole slice at once stalled them all for 80 ms.
             while (batch := await anyio.to_thread.run_sync(next, frames, None)) is not None:
                 for piece in self.prompts.render_frame(*batch):
+                    if self._draining:
+                        return  # stopping: render and queue nothing more
                     self.store.write_input(piece.frame, piece.part)
                     if not await self._feed(piece, done, requests, results):
                         return

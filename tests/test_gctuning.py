@@ -25,25 +25,40 @@ def test_overlapping_runs_restore_the_settings_only_when_the_last_one_ends() -> 
     """Two runs in two threads, the first ending first: the tuning lasts until the second ends."""
     before = gc.get_threshold()
     first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
-    seen: list[tuple[int, ...]] = []
+    seen: list[tuple[tuple[int, ...], bool]] = []
 
     def second() -> None:
-        first_in.wait(5)
+        assert first_in.wait(5)
         with quiet_gc():
             second_in.set()
-            first_out.wait(5)
-            seen.append(gc.get_threshold())
+            assert first_out.wait(5)
+            seen.append((gc.get_threshold(), gc.get_freeze_count() > 0))
 
     thread = threading.Thread(target=second)
     thread.start()
     with quiet_gc():
         first_in.set()
-        second_in.wait(5)
+        assert second_in.wait(5)  # both blocks are open at once
     first_out.set()
     thread.join(5)
-    assert seen == [(YOUNG_THRESHOLD, *before[1:])]
+    assert seen == [((YOUNG_THRESHOLD, *before[1:]), True)]
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+def test_a_programs_own_settings_are_kept() -> None:
+    """Objects the program froze stay frozen after the run; a collector switched off stays off."""
+    before = gc.get_threshold()
+    try:
+        gc.freeze()
+        gc.set_threshold(0)
+        with quiet_gc():
+            assert gc.get_threshold()[0] == 0
+        assert gc.get_freeze_count() > 0  # not unfrozen by the run
+        assert gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 def test_an_error_inside_still_restores_the_settings() -> None:

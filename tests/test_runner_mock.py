@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from batchrun import runner as runner_module
+from batchrun.endpoint import read_key
 from batchrun.errors import StopRun, UsageError
 from batchrun.job import Job, load_job
 from batchrun.retry import RETRY_AFTER_CAP_S
@@ -233,6 +234,36 @@ def test_401_stops_the_run_naming_the_env_var(
     assert not job.output_path.exists()
 
 
+def test_the_first_requests_go_out_while_the_rest_are_still_being_queued(
+    write_job: WriteJob, reviews: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The producer lets the workers run every FEED_TURN requests, so connections open (and requests go
+    out) while a wave is queued, not after all of it is (a 1,024-request wave went out 0.2 s late)."""
+    monkeypatch.setattr(runner_module, "FEED_TURN", 5)
+    queued: list[object] = []
+    real_send = runner_module.send
+
+    async def counting_send(stream: Any, item: Any) -> None:
+        queued.append(item)
+        await real_send(stream, item)
+
+    monkeypatch.setattr(runner_module, "send", counting_send)
+    seen_at_first_request: list[int] = []
+    endpoint = FakeEndpoint(reviews)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen_at_first_request.append(len(queued))
+        return endpoint(request)
+
+    job = make_job(write_job, "limits.concurrency=40")
+    summary = run_job(job, transport=httpx.MockTransport(handler))
+    assert summary.ok == ROWS
+    assert len(queued) == ROWS
+    # Within a turn or two of 5 (a request's own path yields once); without the turns, all 40 (they fit
+    # the stream's buffer).
+    assert seen_at_first_request[0] <= 10
+
+
 def test_missing_key_env_var_raises_before_sending(
     write_job: WriteJob, reviews: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -262,6 +293,11 @@ def test_a_key_with_a_line_end_is_trimmed_and_one_with_a_break_inside_is_refused
         run(job, broken)
     assert "sk-live" not in str(info.value)
     assert broken.total == 0
+    # The emulator's --api-key-env and the log's redaction read the key the same way.
+    monkeypatch.setenv("BATCHRUN_TEST_KEY", " \t\r\n")
+    assert read_key("BATCHRUN_TEST_KEY") is None
+    monkeypatch.setenv("BATCHRUN_TEST_KEY", "sk-live-1\r\n")
+    assert read_key("BATCHRUN_TEST_KEY") == "sk-live-1"
 
 
 def test_400_fails_only_its_row_without_retry(write_job: WriteJob, reviews: Path) -> None:
