@@ -15,6 +15,8 @@ import time
 
 import anyio
 
+from batchrun.errors import ErrorClass, ProviderError
+
 log = logging.getLogger("batchrun")
 
 
@@ -42,6 +44,13 @@ class Breaker:
     def down_s(self) -> float:
         """Seconds since the breaker opened; 0 while closed."""
         return time.monotonic() - self._opened_at if self._open else 0.0
+
+    def check_outage(self, max_outage_s: float) -> None:
+        """Give up (a fatal error) once the provider has been down longer than `max_outage_s`."""
+        down_s = self.down_s
+        if down_s > max_outage_s:
+            message = f"the provider has failed every request for {down_s:.0f} s ([limits] max_outage_s)"
+            raise ProviderError(message, error_type="outage", error_class=ErrorClass.FATAL)
 
     async def admit(self) -> None:
         """Return when a request may go: at once when closed; when open, as the next probe or once closed."""

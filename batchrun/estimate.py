@@ -90,9 +90,8 @@ def estimate_job(job: Job, *, limit: int | None = None, latency_s: float = 2.0) 
             if not isinstance(item, Request):
                 continue  # a row that cannot be sent costs nothing
             to_send += 1
-            limit_tokens = item.body.get("max_tokens") or item.body.get("max_completion_tokens")
-            bounded = bounded and bool(limit_tokens)
-            out = int(limit_tokens or DEFAULT_OUTPUT_TOKENS)
+            bounded = bounded and item.output_cap is not None
+            out = item.output_cap or DEFAULT_OUTPUT_TOKENS
             input_tokens += item.est_prompt_tokens
             output_tokens += out
             model = item.body.get("model")

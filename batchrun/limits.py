@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 import anyio
+
+from batchrun.records import Usage
+
+if TYPE_CHECKING:
+    from batchrun.pricing import PriceBook
+    from batchrun.records import Request
 
 
 class TokenBucket:
@@ -78,3 +85,10 @@ class Budget:
     def spend(self, amount_usd: float | None) -> None:
         """Count what a finished request really cost."""
         self.spent_usd += amount_usd or 0.0
+
+
+def worst_case_usd(request: Request, prices: PriceBook) -> float:
+    """The most `request` can cost: its prompt, and its output cap (twice the expected output without one)."""
+    output = request.output_cap or 2 * request.est_output_tokens
+    worst = Usage(prompt_tokens=request.est_prompt_tokens, completion_tokens=output)
+    return prices.cost(request.body.get("model"), worst) or 0.0

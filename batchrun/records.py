@@ -20,6 +20,12 @@ class Request:
     est_prompt_tokens: int
     est_output_tokens: int
 
+    @property
+    def output_cap(self) -> int | None:
+        """The most output tokens the body allows (`max_tokens` or `max_completion_tokens`); None: no cap."""
+        cap = self.body.get("max_tokens") or self.body.get("max_completion_tokens")
+        return int(cap) if cap else None
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:

@@ -34,13 +34,13 @@ from batchrun.errors import BatchrunError, ErrorClass, ProviderError, StopRun, U
 from batchrun.gctuning import quiet_gc
 from batchrun.inputs import PromptSet, Slice
 from batchrun.job import Job
-from batchrun.limits import Budget
+from batchrun.limits import Budget, worst_case_usd
 from batchrun.outcomes import Counters, Tries, error_result, ok_result
 from batchrun.pacing import Limiter
 from batchrun.pricing import PriceBook
 from batchrun.progress import Observer, Snapshot, watch
 from batchrun.providers import Provider, make_provider
-from batchrun.records import Request, Result, Usage
+from batchrun.records import Request, Result
 from batchrun.retry import BackoffWait, retrying
 from batchrun.store import RunStore
 from batchrun.structured import as_json, invalid_json_error, wants_json
@@ -351,12 +351,7 @@ class Runner:
         """Reserve the request's worst-case cost under `max_cost_usd`; None (and drain) when it won't fit."""
         if self.budget is None:
             return 0.0
-        body = request.body
-        max_output = (
-            body.get("max_tokens") or body.get("max_completion_tokens") or 2 * request.est_output_tokens
-        )
-        worst = Usage(prompt_tokens=request.est_prompt_tokens, completion_tokens=int(max_output))
-        amount = self.prices.cost(request.body.get("model"), worst) or 0.0
+        amount = worst_case_usd(request, self.prices)
         if self.budget.try_reserve(amount):
             return amount
         budget = self.budget
@@ -411,7 +406,7 @@ class Runner:
             self.limiter.on_failure(ticket, exc, self.job.limits.backoff_base_s)
             if self.limiter.breaker.is_open:
                 tries.counted -= 1  # the provider is down: not this row's fault, nor its budget
-                self._check_outage()
+                self.limiter.breaker.check_outage(self.job.limits.max_outage_s)
             raise
         except BaseException:
             self.limiter.abandon(ticket)
@@ -423,14 +418,6 @@ class Runner:
             tries.discarded_usd += self.prices.cost(request.body.get("model"), answer.reply.usage) or 0
             raise invalid_json_error(text)
         return answer
-
-    def _check_outage(self) -> None:
-        """Give up (a fatal error) once the provider has been down longer than `max_outage_s`."""
-        down_s = self.limiter.breaker.down_s
-        if down_s > self.job.limits.max_outage_s:
-            error_class, error_type = ErrorClass.FATAL, "outage"
-            message = f"the provider has failed every request for {down_s:.0f} s ([limits] max_outage_s)"
-            raise ProviderError(message, error_type=error_type, error_class=error_class)
 
     def _stop(self, exc: ProviderError) -> None:
         if self.stop_reason is None:
