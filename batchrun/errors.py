@@ -10,13 +10,19 @@ BatchrunError                 base; `exit_code` is what the CLI exits with
 ```
 
 A `ProviderError` never reaches the user as an exception: a retryable one is retried, a row error becomes a
-row with `status = "error"`, and a fatal one is turned into `StopRun` by the runner.
+row with `status = "error"`, and a fatal one is turned into `StopRun` by the runner. A file batchrun cannot
+write (a full disk) becomes `UsageError` before the first request and `StopRun` after
+(`batchrun.runner.user_error`). Any other exception is a bug: the CLI exits `EXIT_INTERNAL` (4), writes the
+traceback to the run's log file and prints one line saying where it is.
 """
 
 from __future__ import annotations
 
 import enum
 from pathlib import Path
+
+EXIT_INTERNAL = 4
+"""The exit code of an unexpected exception: a bug in batchrun, not a mistake of the user's."""
 
 
 class BatchrunError(Exception):
