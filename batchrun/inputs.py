@@ -231,7 +231,7 @@ class PromptSet:
         if self.batch_lines:
             for i, line in enumerate(batch.frame.get_column("line").to_list()):
                 try:
-                    self._batch_request(line, batch.unreadable.get(i))
+                    self._batch_body(line, batch.unreadable.get(i))
                 except ValueError as exc:
                     yield BadRow(self._where_line(batch, i, line), str(exc))
             return
@@ -369,6 +369,15 @@ class PromptSet:
 
     def _batch_request(self, line: str, unreadable: str | None = None) -> tuple[dict[str, Any], Request]:
         """Parse one OpenAI Batch API line; ValueError says what is wrong with it."""
+        record, body = self._batch_body(line, unreadable)
+        est_output = int(body.get("max_tokens") or body.get("max_completion_tokens") or 512) // 2
+        request = Request(
+            str(record["custom_id"]), body, encode(body), estimate_tokens(body["messages"]), est_output
+        )
+        return record, request
+
+    def _batch_body(self, line: str, unreadable: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A batch line's record and the body to send (the job's model and `[params]` over the line's)."""
         if unreadable is not None:
             raise ValueError(unreadable)
         try:
@@ -390,16 +399,12 @@ class PromptSet:
             body["model"] = self.job.provider.model
         if not body.get("model"):
             raise ValueError("body has no model; set [provider] model")
-        problem = wire.body_problem(body)
+        problem = wire.body_problem(body, parsed=True)  # [params] are checked at load already
         if problem is not None:
             raise ValueError(problem)
         params = {k: v for k, v in body.items() if k not in ("model", "messages")}
         KINDS[self.job.provider.kind].normalize_params(params, batch_lines=False)  # the kind's own rules
-        est_output = int(body.get("max_tokens") or body.get("max_completion_tokens") or 512) // 2
-        request = Request(
-            str(record["custom_id"]), body, encode(body), estimate_tokens(body["messages"]), est_output
-        )
-        return record, request
+        return record, body
 
 
 def _digest(data: bytes) -> str:
@@ -417,14 +422,15 @@ def _show(value: Any) -> str:
 
 
 def _parse_messages(value: Any, column: str) -> list[dict[str, Any]]:
-    if isinstance(value, str):
+    parsed = isinstance(value, str)
+    if parsed:
         try:
-            value = orjson.loads(value)  # depth-limited, and refuses NaN: see `_batch_request`
+            value = orjson.loads(value)  # depth-limited, and refuses NaN: see `_batch_body`
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"column {column!r} is not valid JSON ({exc.msg})") from None
     if not isinstance(value, list) or not value:
         raise ValueError(f"column {column!r} must hold a non-empty list of messages ({{role, content}})")
-    problem = wire.messages_problem(value, f"column {column!r}")
+    problem = wire.messages_problem(value, f"column {column!r}", parsed=parsed)
     if problem is not None:
         raise ValueError(problem)
     # Polars gives every struct field to every row; a null field was absent in the source.

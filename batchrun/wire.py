@@ -14,18 +14,30 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-MAX_DEPTH = 64
-"""Deepest nesting of objects and lists in a request body: a tool's schema needs a dozen levels at most."""
+import orjson
 
-_INT64 = 2**63
+MAX_DEPTH = 254
+"""Most objects and lists nested in one another in a request body: orjson's limit, far past the dozen
+levels a tool's schema needs; 100,000 is refused rather than crashing a recursive encoder."""
+
+_INT_RANGE = (-(2**63), 2**64)  # what orjson (and most JSON readers) take: 64-bit, signed or not
 
 
-def json_problem(value: Any, where: str = "value") -> str | None:
+def json_problem(value: Any, where: str = "value", *, parsed: bool = False) -> str | None:
     """Why `value` cannot go into a JSON request body (naming the path to the bad part), or None.
 
     Walked without recursion, so a value nested 100,000 deep is refused rather than crashing the walk; the
     path to each part is kept as a link to its parent's and spelled out only for the message.
+
+    `parsed`: the value came from `orjson.loads`, so its types are JSON's and its numbers finite; then
+    `orjson.dumps` (in C, with the same depth and integer limits) decides, and the walk only words a no.
     """
+    if parsed:
+        try:
+            orjson.dumps(value)
+            return None
+        except orjson.JSONEncodeError:
+            pass
     stack: list[tuple[Any, int, Any]] = [(value, 0, None)]
     while stack:
         item, depth, trail = stack.pop()
@@ -33,7 +45,7 @@ def json_problem(value: Any, where: str = "value") -> str | None:
             continue
         problem = None
         if isinstance(item, int):
-            if not -_INT64 <= item < _INT64:
+            if not _INT_RANGE[0] <= item < _INT_RANGE[1]:
                 problem = f"is a number too large for JSON readers ({str(item)[:20]}...)"
         elif isinstance(item, float):
             if not math.isfinite(item):
@@ -150,12 +162,17 @@ def expected(param: str) -> str | None:
 
 def param_problem(name: str, value: Any) -> str | None:
     """Why `value` cannot be the request parameter `name` (its type, or JSON), or None."""
+    return _rule_problem(name, value) or json_problem(value, name)
+
+
+def _rule_problem(name: str, value: Any) -> str | None:
+    """Why `value` has not the type the parameter `name` takes (none for a parameter with no rule)."""
     rule = PARAMS.get(name)
     if rule is not None:
         check, wanted = _RULES[rule]
         if not check(value):
             return f"{name} must be {wanted}, not {_short(value)}"
-    return json_problem(value, name)
+    return None
 
 
 def params_problem(params: Mapping[str, Any]) -> str | None:
@@ -167,12 +184,17 @@ def params_problem(params: Mapping[str, Any]) -> str | None:
     return None
 
 
-def messages_problem(messages: Any, where: str = "messages") -> str | None:
+def messages_problem(messages: Any, where: str = "messages", *, parsed: bool = False) -> str | None:
     """Why `messages` is not a list of chat messages a provider takes, or None.
 
     Each message is an object with a text `role`; its `content` is text, a list of part objects, or null
     (an assistant turn of tool calls); `tool_calls` a list of objects whose `function` is an object.
+    `parsed`: the messages came from `orjson.loads` (see `json_problem`).
     """
+    return _shape_problem(messages, where) or json_problem(messages, where, parsed=parsed)
+
+
+def _shape_problem(messages: Any, where: str) -> str | None:
     if not isinstance(messages, list) or not messages:
         return f"{where} must be a non-empty list of messages ({{role, content}})"
     for i, message in enumerate(messages):
@@ -187,15 +209,19 @@ def messages_problem(messages: Any, where: str = "messages") -> str | None:
         calls = message.get("tool_calls")
         if calls is not None and not _is_tools(calls):
             return f"{at}.tool_calls must be a list of objects, each `function` an object"
-    return json_problem(messages, where)
+    return None
 
 
-def body_problem(body: Mapping[str, Any]) -> str | None:
-    """Why a whole chat request body cannot be sent (messages, parameters, JSON), or None."""
-    problem = messages_problem(body.get("messages"), "body.messages")
-    if problem is not None:
-        return problem
-    return params_problem({k: v for k, v in body.items() if k != "messages"})
+def body_problem(body: Mapping[str, Any], *, parsed: bool = False) -> str | None:
+    """Why a whole chat request body cannot be sent (messages, parameters, JSON), or None.
+
+    `parsed`: the body came from `orjson.loads`, merged perhaps with `[params]` already checked at load.
+    """
+    problem = _shape_problem(body.get("messages"), "body.messages")
+    for name, value in body.items():
+        if problem is None and name != "messages":
+            problem = _rule_problem(name, value)
+    return problem or json_problem(body, "body", parsed=parsed)
 
 
 def _is_parts(value: Any) -> bool:

@@ -185,7 +185,7 @@ def deep_messages(depth: int) -> str:
     ("cell", "reason"),
     [
         (deep_messages(100_000), "column 'msgs' is not valid JSON (depth limit exceeded)"),
-        (deep_messages(100), "column 'msgs'[0].content[0].text[0][0]"),
+        (deep_messages(300), "column 'msgs'[0].content[0].text[0][0]"),
         ('[{"role": "user", "content": NaN}]', "column 'msgs' is not valid JSON"),
         ('["just a string"]', "column 'msgs'[0] is 'just a string': a message is an object"),
         ('[{"content": "who am I"}]', "column 'msgs'[0] has no role"),

@@ -165,3 +165,12 @@ def _job(params: str, headers: str = "") -> str:
         'name = "t"\n\n[input]\npath = "in.jsonl"\n\n[prompt]\ntemplate = "{text}"\n\n'
         f'[provider]\nbase_url = "{URL}"\nmodel = "qwen3-max"\n\n{headers}\n[params]\n{params}\n'
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [nested(wire.MAX_DEPTH - 1), nested(wire.MAX_DEPTH), {"n": 2**64 - 1}, {"n": 2**64}, {"n": -(2**63) - 1}],
+)
+def test_the_fast_check_of_parsed_json_agrees_with_the_walk(value: Any) -> None:
+    """For values orjson parsed, orjson's own limits (depth, 64-bit integers) and the walk say the same."""
+    assert (wire.json_problem(value, parsed=True) is None) == (wire.json_problem(value) is None)
