@@ -68,12 +68,9 @@ def _report_bug(exc: BaseException, log_file: Path | None, secret: str | None) -
         except OSError:
             where = None
     first = redact(str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "")
-    found = f"; the traceback is in {where}" if where else ""
-    click.echo(
-        f"batchrun: internal error (a bug in batchrun): {type(exc).__name__}: {first}{found}. "
-        "Please report it with that file.",
-        err=True,
-    )
+    found = f"; the traceback is in {where}. Please report it with that file" if where else ""
+    name = type(exc).__name__
+    click.echo(f"batchrun: internal error (a bug in batchrun): {name}: {first}{found}.", err=True)
     sys.exit(EXIT_INTERNAL)
 
 

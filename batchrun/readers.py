@@ -131,17 +131,13 @@ class Reader:
         return pl.concat(frames, how="diagonal_relaxed").schema
 
     def _scan(self, infer_rows: int | None = INFER_ROWS) -> pl.LazyFrame:
+        """A Parquet or CSV file as polars scans it (JSONL is read line by line: see `_infer_ndjson`)."""
         import polars as pl
 
-        if self.lines_only:
-            # A blank line is no request (editors and `cat` leave them): skip it rather than fail a row.
-            frame = pl.scan_lines(self.path, name="line").filter(pl.col("line").str.strip_chars() != "")
-        elif self.format == "parquet":
+        if self.format == "parquet":
             frame = pl.scan_parquet(self.path)
-        elif self.format == "csv":
-            frame = pl.scan_csv(self.path, infer_schema_length=infer_rows)
         else:
-            frame = pl.scan_ndjson(self.path, infer_schema_length=infer_rows)
+            frame = pl.scan_csv(self.path, infer_schema_length=infer_rows)
         return frame.head(self.limit) if self.limit is not None else frame
 
     def count_rows(self) -> int | None:

@@ -53,11 +53,25 @@ class Redact(logging.Filter):
 class _LogFile(logging.FileHandler):
     """The log file; one it cannot write (a full disk) is a one-line warning, not a traceback per line."""
 
+    failed = False
+
     def handleError(self, record: logging.LogRecord) -> None:
         """Stop writing the file and say so once on stderr, with no traceback."""
         log.removeHandler(self)
         file_only.removeHandler(self)
-        log.warning("cannot write the log file %s any more; going on without it", self.baseFilename)
+        self._warn("any more; going on without it")
+
+    def close(self) -> None:
+        """Close the file; lines still buffered that cannot be written are lost, with the same warning."""
+        try:
+            super().close()
+        except OSError:
+            self._warn("(its last lines are lost)")
+
+    def _warn(self, what: str) -> None:
+        if not self.failed:
+            self.failed = True
+            log.warning("cannot write the log file %s %s", self.baseFilename, what)
 
 
 class Drop(logging.Filter):

@@ -15,12 +15,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -33,7 +31,15 @@ from batchrun import runlog
 from batchrun.cache import ResponseCache
 from batchrun.channels import receive, send
 from batchrun.endpoint import api_key, cache_scope, fatal_message, open_endpoint
-from batchrun.errors import EXIT_INTERNAL, BatchrunError, ErrorClass, ProviderError, StopRun, UsageError
+from batchrun.errors import (
+    EXIT_INTERNAL,
+    BatchrunError,
+    ErrorClass,
+    ProviderError,
+    StopRun,
+    UsageError,
+    user_error,
+)
 from batchrun.gctuning import quiet_gc
 from batchrun.inputs import PromptSet, Slice
 from batchrun.job import Job
@@ -159,47 +165,6 @@ async def _run_async(
     finally:
         if cache is not None:
             cache.close()
-
-
-def user_error(exc: BaseException, *, sent: bool, folder: Path) -> BatchrunError | None:
-    """What `exc`, raised from a run (perhaps inside a task group's exception group), means for the user.
-
-    A `BatchrunError` stays itself (a `UsageError` after requests went out becomes a `StopRun`: exit 2
-    promises nothing was sent); a file that cannot be written (disk full, permissions) is a `UsageError`
-    before anything was sent and a `StopRun` after. None for anything else: a bug.
-    """
-    leaves = _leaves(exc)
-    known = [leaf for leaf in leaves if isinstance(leaf, BatchrunError)]
-    if known:
-        error = known[0]
-        if sent and isinstance(error, UsageError):
-            return StopRun(f"{error}\nWhat finished is saved in {folder}; rerun to resume.")
-        return error
-    storage = [leaf for leaf in leaves if isinstance(leaf, OSError) or _is_duckdb_io(leaf)]
-    if not storage:
-        return None
-    leaf = storage[0]
-    where = getattr(leaf, "filename", None) or folder
-    reason = getattr(leaf, "strerror", None) or str(leaf).splitlines()[0][:300]
-    if not sent:
-        return UsageError(f"cannot write {where}: {reason}. Nothing was sent; free some space, then rerun.")
-    return StopRun(
-        f"Stopped: cannot write {where}: {reason}.\nFree some space, then rerun the same command to resume: "
-        f"the answers journaled in {folder} are not paid for again."
-    )
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    """The exceptions inside (nested) exception groups, or `exc` itself."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
-def _is_duckdb_io(exc: BaseException) -> bool:
-    """DuckDB's own error for a write that failed (a full disk while assembling the output)."""
-    duckdb = sys.modules.get("duckdb")
-    return duckdb is not None and isinstance(exc, duckdb.IOException)
 
 
 class Runner:

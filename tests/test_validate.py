@@ -75,14 +75,22 @@ def test_a_bad_line_past_the_first_slice_stops_the_job_before_any_request(
     assert "line 22" in summary["message"]
 
 
+def run_late_bad_lines(
+    on_bad_row: str, emulator: StartEmulator, write_job: WriteJob, folder: Path, cli: Cli
+) -> tuple[EmulatorServer, CliResult]:
+    """`batchrun run` over `late_bad_lines` with the given `on_bad_row`, against a fresh emulator."""
+    late_bad_lines(folder)
+    server = emulator()
+    header = job_header("in.jsonl", extra=f'on_bad_row = "{on_bad_row}"')
+    header = header.replace("{base_url}", server.base_url)
+    return server, cli("run", write_job(server.base_url, header=header))
+
+
 def test_on_bad_row_skip_leaves_bad_rows_out_of_the_run_and_the_output(
     emulator: StartEmulator, write_job: WriteJob, tmp_path: Path, cli: Cli
 ) -> None:
     """`on_bad_row = "skip"` sends every good row, warns naming the bad ones, and the output lacks them."""
-    late_bad_lines(tmp_path)
-    server = emulator()
-    header = job_header("in.jsonl", extra='on_bad_row = "skip"').replace("{base_url}", server.base_url)
-    result = cli("run", write_job(server.base_url, header=header))
+    server, result = run_late_bad_lines("skip", emulator, write_job, tmp_path, cli)
     assert result.exit_code == 0
     assert "They are left out" in result.stderr
     output = pl.read_parquet(tmp_path / "out" / "v.parquet")
@@ -96,10 +104,7 @@ def test_on_bad_row_error_writes_error_rows_naming_line_and_id(
     emulator: StartEmulator, write_job: WriteJob, tmp_path: Path, cli: Cli
 ) -> None:
     """`on_bad_row = "error"` keeps every row; the bad ones are `invalid_input` rows naming line and id."""
-    late_bad_lines(tmp_path)
-    server = emulator()
-    header = job_header("in.jsonl", extra='on_bad_row = "error"').replace("{base_url}", server.base_url)
-    result = cli("run", write_job(server.base_url, header=header))
+    _, result = run_late_bad_lines("error", emulator, write_job, tmp_path, cli)
     assert result.exit_code == 1
     output = pl.read_parquet(tmp_path / "out" / "v.parquet")
     assert output.height == 25
