@@ -64,7 +64,7 @@ class PromptSection(_Section):
             raise ValueError("set either template or messages_column, not both")
         for key in ("system", "template"):
             text = getattr(self, key)
-            if text is not None and not _is_utf8(text):
+            if text is not None and not wire.is_utf8(text):
                 raise ValueError(f"{key} holds bytes that are not UTF-8 text (from the command line?)")
         return self
 
@@ -368,15 +368,6 @@ def _type_words(annotation: Any) -> str:
     args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
     words = {int: "a whole number", float: "a number", bool: "true or false", datetime: "a date"}
     return " or ".join(dict.fromkeys(words.get(a, "a TOML value") for a in args))
-
-
-def _is_utf8(text: str) -> bool:
-    """False for a str holding lone surrogates (argv bytes that are not UTF-8), which no body can carry."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, job_path: Path) -> None:

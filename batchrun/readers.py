@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from batchrun import wire
 from batchrun.errors import InputError
 
 if TYPE_CHECKING:
@@ -115,20 +116,23 @@ class Reader:
         """
         import polars as pl
 
-        frames: list[pl.DataFrame] = []
+        frames = [pl.DataFrame()]
         left = rows
         with self.path.open("rb") as file:
             while (left is None or left > 0) and (chunk := list(itertools.islice(file, self.slice_rows))):
                 lines = [line for line in chunk if not line.isspace()][:left]
+                if not lines:
+                    continue
                 try:
                     frame = pl.read_ndjson(io.BytesIO(b"".join(lines)), infer_schema_length=None)
                 except pl.exceptions.PolarsError:
                     frame = _readable_lines(lines)
                 frames.append(frame.clear())
                 left = None if left is None else left - frame.height
-        if not frames or (not frames[0].columns and len(frames) == 1):
+        schema = pl.concat(frames, how="diagonal_relaxed").schema
+        if not schema:
             raise InputError(self.path, "no line of the input is a JSON object ({...} on one line)")
-        return pl.concat(frames, how="diagonal_relaxed").schema
+        return schema
 
     def _scan(self, infer_rows: int | None = INFER_ROWS) -> pl.LazyFrame:
         """A Parquet or CSV file as polars scans it (JSONL is read line by line: see `_infer_ndjson`)."""
@@ -217,7 +221,9 @@ class Reader:
         import polars as pl
 
         try:
-            return self._read_ndjson(lines), {}
+            frame = self._read_ndjson(lines)
+            if frame.height == len(lines):  # one row a line, or the line numbers would drift
+                return frame, {}
         except pl.exceptions.PolarsError:
             pass  # some line is bad: find which, line by line (the rare path)
         unreadable = {i: why for i, line in enumerate(lines) if (why := _object_problem(line)) is not None}
@@ -322,7 +328,7 @@ def locate_csv_problem(path: Path) -> str | None:
                 if len(fields) != len(header):
                     return f"row {number} has {len(fields)} fields where the header has {len(header)}"
                 for name, value in zip(header, fields, strict=True):
-                    if not _is_utf8(value):
+                    if not wire.is_utf8(value):
                         return f"row {number}, column {name!r} is not UTF-8 text: save the file as UTF-8"
     except (OSError, csv.Error) as exc:
         return f"cannot be read as CSV ({exc})"
@@ -367,14 +373,6 @@ def _object_problem(line: bytes) -> str | None:
     if not isinstance(value, dict):
         return f"not a JSON object ({type(value).__name__}); each line must be one object"
     return None
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _short(value: Any) -> str:

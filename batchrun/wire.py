@@ -224,6 +224,15 @@ def body_problem(body: Mapping[str, Any], *, parsed: bool = False) -> str | None
     return problem or json_problem(body, "body", parsed=parsed)
 
 
+def is_utf8(text: str) -> bool:
+    """False for a str holding lone surrogates (bytes that were not UTF-8, kept by surrogateescape)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_parts(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(part, dict) for part in value)
 

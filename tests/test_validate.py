@@ -275,3 +275,10 @@ def test_estimate_stops_on_bad_rows_as_run_does(write_job: WriteJob, tmp_path: P
     result = cli("estimate", write_job(URL, header=job_header("in.jsonl")))
     assert result.exit_code == 2
     assert "line 22: not valid JSON" in result.stderr
+
+
+def test_an_input_with_no_json_object_says_so(write_job: WriteJob, tmp_path: Path) -> None:
+    """A JSONL file none of whose lines is an object is refused naming that, not with an empty column list."""
+    write_lines(tmp_path / "in.jsonl", ["[1]", "", "not json"])
+    with pytest.raises(InputError, match=r"no line of the input is a JSON object"):
+        PromptSet(load_job(write_job(URL, header=job_header("in.jsonl"))))
