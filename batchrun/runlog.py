@@ -50,6 +50,30 @@ class Redact(logging.Filter):
         return True
 
 
+class _LogFile(logging.FileHandler):
+    """The log file; one it cannot write (a full disk) is a one-line warning, not a traceback per line."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Stop writing the file and say so once on stderr, with no traceback."""
+        log.removeHandler(self)
+        file_only.removeHandler(self)
+        self._warn("any more; going on without it")
+
+    def close(self) -> None:
+        """Close the file; lines still buffered that cannot be written are lost, with the same warning."""
+        try:
+            super().close()
+        except OSError:
+            self._warn("(its last lines are lost)")
+
+    def _warn(self, what: str) -> None:
+        if not self.failed:
+            self.failed = True
+            log.warning("cannot write the log file %s %s", self.baseFilename, what)
+
+
 class Drop(logging.Filter):
     """Drops the records of one logger (progress lines, while a live display shows the same)."""
 
@@ -81,7 +105,7 @@ def file_logging(path: Path, *, secret: str | None) -> Iterator[None]:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        handler = _LogFile(path, mode="a", encoding="utf-8")
     except OSError as exc:
         log.warning("cannot write the log file %s (%s); going on without it", path, exc.strerror or exc)
         yield

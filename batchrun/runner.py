@@ -27,10 +27,19 @@ from anyio.abc import TaskStatus
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from batchrun import runlog
 from batchrun.cache import ResponseCache
 from batchrun.channels import receive, send
 from batchrun.endpoint import api_key, cache_scope, fatal_message, open_endpoint
-from batchrun.errors import BatchrunError, ErrorClass, ProviderError, StopRun, UsageError
+from batchrun.errors import (
+    EXIT_INTERNAL,
+    BatchrunError,
+    ErrorClass,
+    ProviderError,
+    StopRun,
+    UsageError,
+    user_error,
+)
 from batchrun.gctuning import quiet_gc
 from batchrun.inputs import PromptSet, Slice
 from batchrun.job import Job
@@ -47,6 +56,7 @@ from batchrun.structured import as_json, invalid_json_error, wants_json
 from batchrun.summary import Summary, failure_summary, summarize, summary_path, write_summary_json
 from batchrun.sweep import prompt_set, request_models
 from batchrun.transport import Answer, Sender, Timeouts, make_transport
+from batchrun.validate import check_input
 
 if TYPE_CHECKING:
     import polars as pl
@@ -70,7 +80,8 @@ def run_job(
 
     Raises `UsageError` before anything is sent when the job, input or environment is wrong, and `StopRun`
     when the run had to stop early (its message says why; a rerun resumes). Either way the outcome is
-    written to the summary file beside the output (`summary_path`), for schedulers. `transport` replaces
+    written to the summary file beside the output (`summary_path`), for schedulers; so is an unexpected
+    exception (a bug), which is raised as it is, the summary saying `exit_code` 4. `transport` replaces
     the network, for tests; `observers` see the run's progress (see `batchrun.progress`).
     """
     started = _now()
@@ -80,6 +91,11 @@ def run_job(
         )
     except BatchrunError as exc:
         outcome = failure_summary(job.name, job.output_path, exc.exit_code, str(exc))
+        _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
+        raise
+    except Exception as exc:
+        message = f"internal error (a bug in batchrun): {type(exc).__name__}: {exc}"
+        outcome = failure_summary(job.name, job.output_path, EXIT_INTERNAL, message[:2000])
         _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
         raise
     _write_summary(job, summary.as_dict() | {"started_at": started, "ended_at": _now()})
@@ -108,6 +124,13 @@ async def _run_async(
 ) -> Summary:
     prompts = prompt_set(job, limit=limit)
     key = api_key(job)
+    if key is not None and not key.isascii():
+        # httpx refused it with a traceback; the key itself is never shown, only where to look.
+        at = next(i for i, c in enumerate(key) if not c.isascii()) + 1
+        raise UsageError(
+            f"{job.source}: the key in {job.provider.api_key_env} holds a character that is not ASCII (its "
+            f"character {at}; a pasted ellipsis or quote?), which no HTTP header can carry: set it again"
+        )
     prices = PriceBook(
         input=job.pricing.input, output=job.pricing.output, cached_input=job.pricing.cached_input
     )
@@ -118,16 +141,27 @@ async def _run_async(
                     f"{job.source}: [limits] max_cost_usd needs a price, and none is known for model "
                     f"{model!r}: set [pricing] input and output"
                 )
+    report = check_input(prompts)  # every row, before the first request: a bad one stops the job here
+    runlog.file_only.info("input checked: %d rows, %d bad, %.1f s", report.rows, report.bad, report.seconds)
+    report.enforce()
     cache = None
     if job.cache.enabled:
         cache = ResponseCache(job.cache.path, kind=job.provider.kind, base_url=cache_scope(job))
+    store = RunStore(job.output_path)
+    runner: Runner | None = None
     try:
         with open_endpoint(job) as base_url:
             provider = make_provider(
                 job.provider.kind, base_url, key, job.provider.headers, job.provider.auth
             )
-            runner = Runner(job, prompts, provider, RunStore(job.output_path), prices, cache, observers)
+            runner = Runner(job, prompts, provider, store, prices, cache, observers)
             return await runner.run(fresh=fresh, transport=transport)
+    except Exception as exc:
+        sent = runner is not None and runner.counters.sent > 0
+        error = user_error(exc, sent=sent, folder=store.dir)
+        if error is None:
+            raise
+        raise error from None
     finally:
         if cache is not None:
             cache.close()
@@ -270,12 +304,12 @@ class Runner:
     ) -> None:
         async with requests, results:
             done = self.store.finished_ids().implode()
-            frames = self.prompts.frames()
+            batches = self.prompts.batches()
             # Reading (polars, mostly outside the GIL) runs in a worker thread; rendering (Python) runs
             # here a short piece at a time: in a thread it held the GIL for 5 ms turns and slowed every
             # request in flight, and a whole slice at once stalled them all for 80 ms.
-            while (batch := await anyio.to_thread.run_sync(next, frames, None)) is not None:
-                for piece in self.prompts.render_frame(*batch):
+            while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
+                for piece in self.prompts.render_batch(batch):
                     if self._draining:
                         return  # stopping: render and queue nothing more
                     self.store.write_input(piece.frame, piece.part)
