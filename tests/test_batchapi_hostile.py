@@ -347,7 +347,7 @@ def test_find_reads_the_list_back_to_the_intent_and_no_further() -> None:
 
 
 def test_downloads_are_bounded_and_leave_nothing_half_written(tmp_path: Path) -> None:
-    """A file over the size cap fails as bad_response (after the retries) and leaves no file behind."""
+    """A file over the size cap fails at once (the same file would be as big again), leaving no file."""
     server = Server({("GET", "/v1/files/file-1/content"): lambda r: httpx.Response(200, content=b"x" * 5000)})
 
     async def work(api: OpenAIBatchAPI) -> Path:
@@ -355,8 +355,10 @@ def test_downloads_are_bounded_and_leave_nothing_half_written(tmp_path: Path) ->
             f"{OPENAI_BASE}/files/file-1/content", tmp_path / "out.jsonl", max_bytes=1000
         )
 
-    with pytest.raises(ProviderError, match="over 1000 bytes"):
+    with pytest.raises(ProviderError, match="over 1000 bytes") as info:
         run(server, "openai", work)
+    assert info.value.error_class is ErrorClass.FATAL
+    assert server.count("GET", "/v1/files/file-1/content") == 1
     assert list(tmp_path.iterdir()) == []
 
 
@@ -388,3 +390,12 @@ def test_a_line_only_json_can_read_still_parses(tmp_path: Path) -> None:
     assert result.reply is not None
     assert result.reply.completion == "hi \ud83d"
     assert result.reply.usage.prompt_tokens is None
+
+
+def test_an_endless_control_reply_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reply past the control cap is a bad response, read no further than the cap."""
+    monkeypatch.setattr("batchrun.batchapi.control.REPLY_BYTES", 1000)
+    endless = Server({("GET", "/v1/batches/batch_1"): lambda r: httpx.Response(200, content=b"[" * 5000)})
+    with pytest.raises(ProviderError, match="over 1000 bytes") as info:
+        run(endless, "openai", lambda api: api.retrieve("batch_1"))
+    assert info.value.error_type == "bad_response"

@@ -31,9 +31,8 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx
-import orjson
 
-from batchrun.batchapi.base import CLOCK_SKEW_S, Matcher, create_safely, dumps, jsonl_objects
+from batchrun.batchapi.base import CLOCK_SKEW_S, Matcher, create_safely, dumps, jsonl_objects, page_of
 from batchrun.batchapi.control import DEFAULT_RETRY, Control, Retry, checked_id, scrub, scrubbed
 from batchrun.batchapi.records import BatchInfo, Counts, LineResult, Part, State, Tag
 from batchrun.errors import ErrorClass, ProviderError
@@ -93,7 +92,7 @@ class AnthropicBatchAPI:
             trimmed = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
             request = replace(request, body=trimmed)
         params = self.provider.content(request)  # a ProviderError (no max_tokens) refuses the request
-        return b'{"custom_id":' + orjson.dumps(wire_id(request.custom_id)) + b',"params":' + params + b"}"
+        return b'{"custom_id":' + dumps(wire_id(request.custom_id)) + b',"params":' + params + b"}"
 
     async def submit(self, part: Part, tag: Tag) -> BatchInfo:
         """Send the part's file as the create request (see `create_safely`)."""
@@ -117,13 +116,7 @@ class AnthropicBatchAPI:
         params: dict[str, str | int] = {"limit": limit}
         if after is not None:
             params["after_id"] = checked_id(after, "batch id")
-        data = await self.control.call("GET", self.root, params=params)
-        items = data.get("data")
-        infos = (
-            [self.info(item) for item in items if isinstance(item, dict)] if isinstance(items, list) else []
-        )
-        more = data.get("has_more") is True and bool(infos)
-        return infos, (infos[-1].id if more else None)
+        return page_of(await self.control.call("GET", self.root, params=params), self.info)
 
     async def find(
         self, tags: Sequence[Tag], since: float, exclude: Collection[str] = ()

@@ -28,6 +28,7 @@ __all__ = [
     "dumps",
     "jsonl_objects",
     "line_error",
+    "page_of",
 ]
 
 CLOCK_SKEW_S = 300.0
@@ -110,6 +111,16 @@ def jsonl_objects(
                 data = _loads(line)
                 if isinstance(data, dict):
                     yield data
+
+
+def page_of(
+    data: dict[str, Any], read: Callable[[dict[str, Any]], BatchInfo]
+) -> tuple[list[BatchInfo], str | None]:
+    """A list reply's batches (each read by `read`) and the cursor of the next page (None: the last)."""
+    items = data.get("data")
+    infos = [read(item) for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+    more = data.get("has_more") is True and bool(infos)
+    return infos, (infos[-1].id if more else None)
 
 
 def dumps(value: Any) -> bytes:

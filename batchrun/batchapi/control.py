@@ -42,6 +42,12 @@ MESSAGE_CHARS = 1000
 
 CHUNK = 1 << 20
 
+REPLY_BYTES = 16 * 1024 * 1024
+"""The most of a control reply read (a page of 100 batches is ~100 KB); a longer one is a bad reply."""
+
+ERROR_BYTES = 64 * 1024
+"""The most of an error reply read: enough for any error object."""
+
 _ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.:-]{0,199}$")
 
 
@@ -170,15 +176,23 @@ class Control:
                     handle = files.enter_context(path.open("rb"))
                     kwargs["files"] = {"file": (path.name, handle, "application/jsonl")}
                     kwargs["data"] = dict(fields)
-                response = await self.client.request(method, url, params=params, headers=headers, **kwargs)
+                request = self.client.build_request(method, url, params=params, headers=headers, **kwargs)
+                response = await self.client.send(request, stream=True)
+                try:
+                    if response.status_code // 100 != 2:
+                        head = await _read(response, ERROR_BYTES)
+                        raise self.failure(method, url, response.status_code, response.headers, head)
+                    content = await _read(response, REPLY_BYTES + 1)
+                finally:
+                    await response.aclose()
         except httpx.TimeoutException as exc:
             raise self._transport_error("timeout", url, exc) from None
         except httpx.TransportError as exc:
             raise self._transport_error("connection", url, exc) from None
-        if response.status_code // 100 != 2:
-            raise self.failure(method, url, response.status_code, response.headers, response.content)
+        if len(content) > REPLY_BYTES:
+            raise bad_reply(f"{method} {_path(url)}: the reply is over {REPLY_BYTES} bytes")
         try:
-            data = orjson.loads(response.content)
+            data = orjson.loads(content)
         except orjson.JSONDecodeError:
             data = None
         if not isinstance(data, dict):
@@ -189,7 +203,7 @@ class Control:
         self, method: str, url: str, status: int, headers: Mapping[str, str], body: bytes
     ) -> ProviderError:
         """A non-2xx reply as a classified error, read by the provider's own error reader."""
-        exc = self.provider.error(status, headers, body[: 64 * 1024])
+        exc = self.provider.error(status, headers, body[:ERROR_BYTES])
         if status in (404, 405):
             # Not a model that is missing: the endpoint has no such resource, or no Batch API at all.
             exc.error_type, exc.error_class = "not_found", ErrorClass.FATAL
@@ -218,15 +232,19 @@ class Control:
             headers["accept"] = "application/binary"
             async with self.client.stream("GET", url, headers=headers) as response:
                 if response.status_code // 100 != 2:
-                    raise self.failure(
-                        "GET", url, response.status_code, response.headers, await _head(response)
-                    )
+                    head = await _read(response, ERROR_BYTES)
+                    raise self.failure("GET", url, response.status_code, response.headers, head)
                 size = 0
                 with tmp.open("wb") as out:
                     async for chunk in response.aiter_bytes(CHUNK):
                         size += len(chunk)
                         if size > max_bytes:
-                            raise bad_reply(f"GET {_path(url)}: the file is over {max_bytes} bytes")
+                            # Not retried: the same file would be as big again.
+                            raise ProviderError(
+                                f"GET {_path(url)}: the file is over {max_bytes} bytes",
+                                error_type="bad_response",
+                                error_class=ErrorClass.FATAL,
+                            )
                         out.write(chunk)
             tmp.replace(dest)
         except httpx.TimeoutException as exc:
@@ -238,14 +256,14 @@ class Control:
         return dest
 
 
-async def _head(response: httpx.Response) -> bytes:
-    """The first 64 KiB of an error reply's body (enough for any error object)."""
+async def _read(response: httpx.Response, limit: int) -> bytes:
+    """At most `limit` bytes of a streamed reply's body (decoded); the rest is never read."""
     data = bytearray()
     async for chunk in response.aiter_bytes():
         data += chunk
-        if len(data) >= 64 * 1024:
+        if len(data) >= limit:
             break
-    return bytes(data)
+    return bytes(data[:limit])
 
 
 def _path(url: str) -> str:

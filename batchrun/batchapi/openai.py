@@ -33,6 +33,7 @@ from batchrun.batchapi.base import (
     dumps,
     jsonl_objects,
     line_error,
+    page_of,
     refusal,
 )
 from batchrun.batchapi.control import DEFAULT_RETRY, Control, Retry, checked_id, scrub, scrubbed
@@ -79,7 +80,7 @@ def tag_key(data: Any) -> tuple[str, int] | None:
         if len(pieces) != 3 or pieces[0] != "batchrun":
             return None
         run, part = pieces[1], pieces[2]
-    return (run, int(part)) if part.isdigit() and len(part) < 10 else None
+    return (run, int(part)) if part.isascii() and part.isdigit() and len(part) < 10 else None
 
 
 class OpenAIBatchAPI:
@@ -119,7 +120,7 @@ class OpenAIBatchAPI:
         body = request.payload
         if any(key in request.body for key in STREAM_KEYS):
             body = encode({k: v for k, v in request.body.items() if k not in STREAM_KEYS})
-        custom_id = orjson.dumps(request.custom_id)
+        custom_id = dumps(request.custom_id)
         return (
             b'{"custom_id":' + custom_id + b',"method":"POST","url":' + self._url + b',"body":' + body + b"}"
         )
@@ -160,13 +161,7 @@ class OpenAIBatchAPI:
         params: dict[str, str | int] = {"limit": limit}
         if after is not None:
             params["after"] = checked_id(after, "batch id")
-        data = await self.control.call("GET", f"{self.base}/batches", params=params)
-        items = data.get("data")
-        infos = (
-            [self.info(item) for item in items if isinstance(item, dict)] if isinstance(items, list) else []
-        )
-        more = data.get("has_more") is True and bool(infos)
-        return infos, (infos[-1].id if more else None)
+        return page_of(await self.control.call("GET", f"{self.base}/batches", params=params), self.info)
 
     async def find(
         self, tags: Sequence[Tag], since: float, exclude: Collection[str] = ()

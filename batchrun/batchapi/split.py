@@ -74,8 +74,9 @@ def split(
     ends), and a `Refused` for each request no part can hold.
 
     Memory holds one line and the custom_ids of the open parts, whatever the input's size. A part's file
-    appears under its final name (`part-00000.jsonl`) only when complete; a kill leaves at most `.tmp`
-    files behind, which the next split overwrites.
+    appears under its final name (`part-{index:05d}.jsonl`, `.json` for Anthropic, numbered from
+    `first_index`) only when complete; a kill leaves at most `.part-open-*.tmp` files, safe to delete. The
+    same requests in the same order give the same parts.
     """
     folder.mkdir(parents=True, exist_ok=True)
     prefix, between, suffix = encoder.envelope

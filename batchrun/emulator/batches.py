@@ -26,7 +26,7 @@ from aiohttp import BodyPartReader, web
 
 from batchrun.emulator.answers import answer
 from batchrun.emulator.batchconfig import BatchConfig, ErrorShape
-from batchrun.emulator.batchjobs import BatchJob, Line, draw_error, shuffled
+from batchrun.emulator.batchjobs import BatchJob, Line, draw_error, listing, page, shuffled
 from batchrun.emulator.dialects import OPENAI
 from batchrun.emulator.msgbatches import MessageBatches
 from batchrun.emulator.replies import ERROR_401, ERROR_DIRECTIVE, BadRequest, error_body, wants_400
@@ -378,21 +378,10 @@ class OpenAIBatches:
             return _error(400, "limit must be an integer.", "limit")
         if not 1 <= limit <= 100:
             return _error(400, "limit must be from 1 to 100.", "limit")
-        ids = list(reversed(self.batches))  # newest first, as OpenAI lists them
-        after = request.query.get("after")
-        if after is not None:
-            ids = ids[ids.index(after) + 1 :] if after in ids else []
+        ids, more = page(self.batches, limit, request.query.get("after"))
         now = time.monotonic()
-        data = [self._object(self.batches[i], now) for i in ids[:limit]]
         return _json(
-            200,
-            {
-                "object": "list",
-                "data": data,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-                "has_more": len(ids) > limit,
-            },
+            200, {"object": "list", **listing([self._object(self.batches[i], now) for i in ids], more)}
         )
 
     async def _cancel(self, request: web.Request) -> web.Response:

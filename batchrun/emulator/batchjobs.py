@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ from aiohttp import web
 
 from batchrun.emulator.batchconfig import BatchConfig
 
-__all__ = ["ACTIVE", "TERMINAL", "BatchJob", "Line", "draw_error", "read_body", "shuffled"]
+__all__ = ["ACTIVE", "TERMINAL", "BatchJob", "Line", "draw_error", "listing", "page", "read_body", "shuffled"]
 
 ACTIVE = ("validating", "in_progress", "finalizing")
 """Phases a batch can be cancelled in."""
@@ -47,6 +47,30 @@ def shuffled(lines: Sequence[Line], seed: int, batch_id: str) -> list[Line]:
 def draw_error(seed: int, key: str, rate: float) -> bool:
     """True when the request with this key fails by `line_error_rate` (a seeded draw, stable across runs)."""
     return rate > 0 and random.Random(f"{seed}:batch:{key}").random() < rate
+
+
+def page(
+    ids: Iterable[str], limit: int, after: str | None, before: str | None = None
+) -> tuple[list[str], bool]:
+    """A page of batch ids (given oldest first), newest first: the `limit` after the cursor `after`
+    (older ones), or the `limit` just before `before` (newer ones); and whether more follow."""
+    newest = list(reversed(list(ids)))
+    if after is not None:
+        newest = newest[newest.index(after) + 1 :] if after in newest else []
+    if before is not None:
+        newest = newest[: newest.index(before)] if before in newest else []
+        return newest[-limit:], len(newest) > limit
+    return newest[:limit], len(newest) > limit
+
+
+def listing(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """A list reply: the objects, whether more follow, and the first and last ids (the cursors)."""
+    return {
+        "data": data,
+        "has_more": has_more,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
 
 
 async def read_body(request: web.Request, limit: int) -> bytes | None:

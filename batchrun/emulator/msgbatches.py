@@ -25,7 +25,7 @@ from aiohttp import web
 
 from batchrun.emulator.answers import answer
 from batchrun.emulator.batchconfig import BatchConfig
-from batchrun.emulator.batchjobs import BatchJob, Line, draw_error, read_body, shuffled
+from batchrun.emulator.batchjobs import BatchJob, Line, draw_error, listing, page, read_body, shuffled
 from batchrun.emulator.dialects import ANTHROPIC
 from batchrun.emulator.replies import DIRECTIVE_400, BadRequest, wants_400
 
@@ -158,8 +158,6 @@ class MessageBatches:
         return _json(200, self._object(job, time.monotonic(), request))
 
     async def _retrieve(self, request: web.Request) -> web.Response:
-        if (refused := self._refused(request)) is not None:
-            return refused
         found = self._find(request)
         return (
             found
@@ -176,27 +174,12 @@ class MessageBatches:
             return _error(400, "limit: Input should be a valid integer")
         if not 1 <= limit <= 1000:
             return _error(400, "limit: Input should be between 1 and 1000")
-        ids = list(reversed(self.batches))  # newest first
-        if (after := request.query.get("after_id")) is not None:
-            ids = ids[ids.index(after) + 1 :] if after in ids else []
-        if (before := request.query.get("before_id")) is not None:
-            ids = ids[: ids.index(before)] if before in ids else []
-            ids = ids[-limit:]
+        query = request.query
+        ids, more = page(self.batches, limit, query.get("after_id"), query.get("before_id"))
         now = time.monotonic()
-        data = [self._object(self.batches[i], now, request) for i in ids[:limit]]
-        return _json(
-            200,
-            {
-                "data": data,
-                "has_more": len(ids) > limit,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-            },
-        )
+        return _json(200, listing([self._object(self.batches[i], now, request) for i in ids], more))
 
     async def _cancel(self, request: web.Request) -> web.Response:
-        if (refused := self._refused(request)) is not None:
-            return refused
         found = self._find(request)
         if isinstance(found, web.Response):
             return found
@@ -206,8 +189,6 @@ class MessageBatches:
         return _json(200, self._object(found, now, request))
 
     async def _results(self, request: web.Request) -> web.Response:
-        if (refused := self._refused(request)) is not None:
-            return refused
         found = self._find(request)
         if isinstance(found, web.Response):
             return found
