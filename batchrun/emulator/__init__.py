@@ -19,7 +19,7 @@ Modules: `config` (EmulatorConfig), `replies` (parsing, reply text, usage), `ans
 calls, JSON, n), `dialects` (the OpenAI and Anthropic wire formats, JSON and SSE), `ratelimit` (RPM/TPM
 buckets and headers), `faults` (the fault draw, broken connections and cut streams), `app` (the handlers
 and counters), `server` (EmulatorServer and serve), `batchconfig`, `batchjobs` (a batch's phases),
-`batches` and `msgbatches` (the Batch APIs).
+`batchlines` (an OpenAI batch file's lines), `batches` and `msgbatches` (the Batch APIs).
 """
 
 from __future__ import annotations
