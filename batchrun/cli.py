@@ -356,9 +356,21 @@ def _share(name: str, what: str) -> Callable[[Callable[..., Any]], Callable[...,
 )
 @click.option("--api-key-env", help="Require the key held by this environment variable (else any key works).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the fault pattern.")
+@click.option("--batch-validating", "batch_validating_s", default=0.05, help="Batch API: seconds validating.")
+@click.option("--batch-working", "batch_in_progress_s", default=0.2, help="Batch API: seconds in_progress.")
+@click.option("--batch-finalizing", "batch_finalizing_s", default=0.05, help="Batch API: seconds finalizing.")
+@click.option(
+    "--batch-expire-after", "batch_expire_after_s", type=float, help="Batch API: seconds to expiry."
+)
+@click.option(
+    "--batch-line-errors", "batch_line_error_rate", default=0.0, help="Batch API: share of 500 lines."
+)
+@click.option("--batch-error-shape", type=click.Choice(["openai", "dashscope"]), default="openai")
+@click.option("--batch-model", "batch_models", multiple=True, help="Batch API: a model it takes (else all).")
 def emulate(host: str, port: int, api_key_env: str | None, **behaviour: Any) -> None:
     """Serve a local OpenAI- and Anthropic-compatible API: deterministic replies, limits, faults."""
     from batchrun.emulator import EmulatorConfig, serve
+    from batchrun.emulator.batchconfig import BatchConfig
     from batchrun.endpoint import read_key
 
     api_key = None
@@ -368,8 +380,10 @@ def emulate(host: str, port: int, api_key_env: str | None, **behaviour: Any) -> 
             raise click.BadParameter(
                 f"the environment variable {api_key_env} is not set or is empty", param_hint="--api-key-env"
             )
+    batch = {name[6:]: behaviour.pop(name) for name in list(behaviour) if name.startswith("batch_")}
     try:
-        config = EmulatorConfig(api_key=api_key, **behaviour)
+        batch["models"] = batch["models"] or None  # no --batch-model: every model may batch
+        config = EmulatorConfig(api_key=api_key, batch=BatchConfig(**batch), **behaviour)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     serve(config, host=host, port=port)
