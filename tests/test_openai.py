@@ -106,7 +106,7 @@ def test_parse_input_output_token_names() -> None:
 
 @pytest.mark.parametrize(
     "usage",
-    [None, "n/a", {"prompt_tokens": "12", "completion_tokens": True}, {"prompt_tokens": 2**70}],
+    [None, "n/a", {"prompt_tokens": "12", "completion_tokens": True}, {"prompt_tokens": float("nan")}],
 )
 def test_parse_missing_or_odd_usage_gives_unknown_counts(usage: Any) -> None:
     """Missing usage, or counts that are not numbers, give None counts rather than made-up ones."""
@@ -309,9 +309,11 @@ def test_non_json_error_bodies_are_classified_by_status(
 
 
 def test_long_non_json_error_body_is_cut() -> None:
-    """A huge HTML error page is cut to its first 300 bytes in the message."""
+    """A huge error page, or a huge JSON error message, is cut to its first 200 characters."""
     exc = PROVIDER.error(502, httpx.Headers(), b"x" * 10_000)
-    assert exc.message == "x" * 300
+    assert exc.message == "x" * 199 + "…"
+    long_message = json.dumps({"error": {"message": "y" * 10_000}}).encode()
+    assert len(PROVIDER.error(400, httpx.Headers(), long_message).message) == 200
 
 
 def test_error_carries_retry_after_from_headers() -> None:
