@@ -77,9 +77,9 @@ class Contact:
     a redirect and a TLS failure stop it whenever they come: see `batchrun.transport.Sender`.)
     """
 
-    def __init__(self, url: str, grace_s: float = NEVER_ANSWERED_S) -> None:
+    def __init__(self, url: str, grace_s: float | None = None) -> None:
         self.url = safe_url(url)
-        self.grace_s = grace_s
+        self.grace_s = NEVER_ANSWERED_S if grace_s is None else grace_s
         self.heard = False  # some HTTP reply came back
         self.served = False  # a usable answer came back
         self._first_failure: float | None = None

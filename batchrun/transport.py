@@ -293,7 +293,7 @@ class Sender:
         """A failure below HTTP: a TLS one no retry can fix stops the run; any other is retried."""
         tls = _tls_failure(exc)
         if tls is not None:
-            reason = excerpt(getattr(tls, "verify_message", None) or tls.reason or str(tls))
+            reason = excerpt(getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or str(tls))
             message = f"TLS with {self.shown_url} failed: {reason}"
             return ProviderError(message, error_type="tls", error_class=ErrorClass.FATAL, code="tls")
         return _transient("connection", f"{type(exc).__name__}: {excerpt(str(exc))}")
@@ -397,10 +397,14 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, ssl.SSLError):
-            return None if isinstance(current, _TRANSIENT_TLS) else current
+        # aiohttp's wrappers (themselves SSLError subclasses) hold the error from the ssl module.
         nested = getattr(current, "certificate_error", None) or getattr(current, "os_error", None)
-        current = nested if isinstance(nested, BaseException) else current.__cause__ or current.__context__
+        if isinstance(nested, BaseException):
+            current = nested
+        elif isinstance(current, ssl.SSLError):
+            return None if isinstance(current, _TRANSIENT_TLS) else current
+        else:
+            current = current.__cause__ or current.__context__
     return None
 
 
