@@ -380,3 +380,33 @@ def test_a_null_cached_tokens_falls_back_to_prompt_cache_hit_tokens() -> None:
         "prompt_cache_hit_tokens": 4,
     }
     assert parse_usage(usage).cached_tokens == 4
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -2e14, "completion_tokens": 1},
+        {"prompt_tokens": 12, "completion_tokens": 10**12},
+        {"prompt_tokens": 12, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": -1}},
+        {"prompt_tokens": float("inf"), "completion_tokens": 1},
+    ],
+)
+def test_negative_or_absurd_token_counts_are_a_bad_response(usage: dict[str, Any]) -> None:
+    """A count below 0 or past any context is not believed: the reply is a `bad_response`."""
+    with pytest.raises(ProviderError, match="not believed") as info:
+        PROVIDER.parse(reply({"content": "x"}, usage))
+    assert info.value.error_type == "bad_response"
+
+
+def test_odd_field_types_are_dropped_not_trusted() -> None:
+    """Text parts are joined; a number where text belongs is dropped; details that are not objects ignored."""
+    body = json.loads(
+        reply({"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}, None)
+    )
+    body["model"], body["id"] = 7, ["x"]
+    body["usage"] = {"prompt_tokens": 3, "completion_tokens": 1, "prompt_tokens_details": ["odd"]}
+    parsed = PROVIDER.parse(json.dumps(body).encode())
+    assert (parsed.completion, parsed.model, parsed.response_id) == ("ab", None, None)
+    assert parsed.usage.prompt_tokens == 3
+    with pytest.raises(ProviderError, match="not text"):
+        PROVIDER.parse(reply({"content": 42}, None))
