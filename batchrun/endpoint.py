@@ -71,9 +71,11 @@ class Contact:
 
     A wrong base URL shows as refused connections, a host name that does not resolve, an HTML page or a
     404. Retried, and probed by the outage breaker for `max_outage_s`, it would only hide its cause. So
-    until the endpoint has answered once with HTTP (any status), failures below HTTP stop the run once they
-    have gone on for `grace_s` (a server still starting gets that long), or as soon as a row runs out of
-    tries; and until it has sent one usable answer, an HTML page stops the run at once. (A 404 on the path,
+    until the endpoint has answered once with HTTP (any status), connections that fail (refused, reset,
+    no address, none made within `connect_timeout_s`) stop the run once they have gone on for `grace_s`
+    (a server still starting gets that long), or as soon as a row runs out of tries; and until it has sent
+    one usable answer, an HTML page stops the run at once. A timeout waiting for a reply does not count:
+    a slow model is not a wrong URL. (A 404 on the path,
     a redirect and a TLS failure stop it whenever they come: see `batchrun.transport.Sender`.)
     """
 
@@ -97,13 +99,14 @@ class Contact:
             return ProviderError(
                 message, error_type="not_api", error_class=ErrorClass.FATAL, status=exc.status
             )
-        if self.heard or exc.error_type not in ("connection", "timeout"):
-            return None
+        if self.heard or exc.error_type != "connection":
+            return None  # a timeout may be a slow model: the breaker judges those
         now = time.monotonic()
         if self._first_failure is None:
             self._first_failure = now
         if last_try or now - self._first_failure >= self.grace_s:
-            message = f"no answer from {self.url} in {now - self._first_failure:.0f} s: {exc.message}"
+            waited = now - self._first_failure
+            message = f"no answer from {self.url} ({exc.message}; tried for {waited:.0f} s)"
             return ProviderError(message, error_type="unreachable", error_class=ErrorClass.FATAL)
         return None
 

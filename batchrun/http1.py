@@ -100,8 +100,15 @@ class Pool:
         deadline = loop.time() + total_s
         connection = self._reusable(route.key, loop.time())
         if connection is None:
-            async with asyncio.timeout_at(min(deadline, loop.time() + connect_s)):
-                connection = await self._connect(route.key)
+            connect_by = loop.time() + connect_s
+            try:
+                async with asyncio.timeout_at(min(deadline, connect_by)):
+                    connection = await self._connect(route.key)
+            except TimeoutError:
+                if connect_by > deadline:
+                    raise  # the whole exchange's time ran out
+                # No connection at all: the caller tells this from a reply that is slow to come.
+                raise ConnectionError(f"no connection within {connect_s:g} s") from None
         reply = connection.send(route.head, content, max_body)
         timer = loop.call_at(deadline, connection.expire)
         try:

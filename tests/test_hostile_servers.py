@@ -144,7 +144,7 @@ def test_a_port_nobody_listens_on_stops_the_run_naming_the_url(
     monkeypatch.setattr(endpoint, "NEVER_ANSWERED_S", 0.2)
     job = make_job(write_job, url, "limits.max_attempts=50")  # no row runs out: the grace ends it
     message = stop_message(job)
-    assert f"no answer from {url}/chat/completions" in message
+    assert f"no answer from {url}/chat/completions (" in message
     assert "ConnectionRefused" in message or "Connect call failed" in message
     assert "base_url" in message
 
