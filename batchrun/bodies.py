@@ -42,11 +42,6 @@ class Decoder:
         if length.isdigit() and int(length) > cap:
             raise self.too_large()
 
-    @property
-    def identity(self) -> bool:
-        """True when the body is not compressed: its bytes are the reply."""
-        return self._zlib is None
-
     def feed(self, chunk: bytes) -> bytes:
         """The decoded bytes of the next raw piece."""
         self._raw += len(chunk)
@@ -95,10 +90,10 @@ def decode(body: bytes, headers: Mapping[str, str], cap: int, status: int) -> by
     An error reply (not 2xx) whose coding cannot be read keeps its raw body: its status (and Retry-After)
     say what matters.
     """
+    if len(body) <= cap and "content-encoding" not in headers:
+        return body  # the usual case, once per row: nothing to decode, nothing to copy
     try:
         decoder = Decoder(headers, cap, status)
-        if decoder.identity and len(body) <= cap:
-            return body  # the usual case: nothing to decode, nothing to copy
         return decoder.feed(body) + decoder.finish()
     except ProviderError:
         if 200 <= status < 300:
