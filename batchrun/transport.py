@@ -9,9 +9,7 @@ exists for. Requests go straight to the transport rather than through `httpx.Asy
 per-request work (URL merging, cookies, redirects, auth flows) batchrun does not need and which cost half
 the CPU of a request when measured.
 
-`AiohttpTransport` is ours rather than the `httpx-aiohttp` package's: that one streams every body through
-httpx's byte-stream machinery, which cost a tenth of a row's CPU. Its bodies are passed through raw, as
-they arrive. aiohttp's errors leave it as httpx's, as the transport interface asks.
+`batchrun.aiohttp_transport` holds the aiohttp side.
 
 Whatever the path, a body is decoded and capped by `batchrun.bodies`, and `Sender.attempt` turns every
 failure into a classified `ProviderError` (see `batchrun.retry` for what each class means), with the run's
@@ -21,18 +19,17 @@ secrets redacted from it and from the reply (see `batchrun.redact`).
 from __future__ import annotations
 
 import contextlib
-import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import anyio
 import httpx
 from httpx_sse import EventSource
 
 from batchrun import bodies, http1
+from batchrun.aiohttp_transport import AiohttpTransport, Timeouts, proxy_configured
 from batchrun.errors import ErrorClass, ProviderError
 from batchrun.providers.base import Provider
 from batchrun.providers.headers import RateInfo, parse_rate_info
@@ -40,8 +37,7 @@ from batchrun.records import Reply, Request
 from batchrun.redact import excerpt, redact, redact_reply, safe_url
 from batchrun.retry import bad_response, classify, cut_short
 
-if TYPE_CHECKING:
-    import aiohttp
+__all__ = ["Answer", "Sender", "Timeouts", "Transport", "make_transport"]
 
 STREAM_DRAIN_S = 1.0  # how long to read on after a stream's end event
 
@@ -53,14 +49,6 @@ class Answer:
     reply: Reply
     latency_s: float
     rate: RateInfo
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Seconds allowed to connect, and for a whole attempt (connect, send, wait, read)."""
-
-    connect_s: float
-    total_s: float
 
 
 def make_transport(max_connections: int) -> httpx.AsyncBaseTransport:
@@ -82,7 +70,7 @@ class Transport(httpx.AsyncBaseTransport):
 
     def __init__(self, max_connections: int) -> None:
         self._aiohttp = AiohttpTransport(max_connections)
-        self._pool = None if _proxy_configured() else http1.Pool()
+        self._pool = None if proxy_configured() else http1.Pool()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request` through aiohttp (the event-stream path)."""
@@ -103,107 +91,6 @@ class Transport(httpx.AsyncBaseTransport):
         if self._pool is not None:
             self._pool.close()
         await self._aiohttp.aclose()
-
-
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """An httpx transport over one `aiohttp.ClientSession`, made lazily inside the running event loop."""
-
-    def __init__(self, max_connections: int) -> None:
-        self.max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
-
-    def _open(self) -> aiohttp.ClientSession:
-        import aiohttp
-
-        connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0, ttl_dns_cache=300)
-        # trust_env costs a thread hop per request (it halved throughput when measured), so it is on only
-        # when a proxy is configured.
-        # No Accept-Encoding: aiohttp would ask for gzip on its own, and `post` hands the body over
-        # undecoded (chat replies are small; compressing them saves nothing worth a decode per row).
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            trust_env=_proxy_configured(),
-            auto_decompress=False,
-            skip_auto_headers=("Accept-Encoding",),
-        )
-        return self._session
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send `request`; return the reply with its body unread, raw (the reader decodes and caps it)."""
-        import aiohttp
-
-        session = self._session or self._open()
-        timeout = request.extensions.get("timeout", {})
-        with _as_httpx_errors():
-            response = await session.request(
-                request.method,
-                str(request.url),
-                headers=request.headers,
-                data=request.content or None,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
-                ),
-            )
-        return httpx.Response(
-            response.status, headers=response.raw_headers, stream=_AiohttpStream(response), request=request
-        )
-
-    async def post(
-        self, url: str, headers: Mapping[str, str], content: bytes, timeouts: Timeouts, max_body: int
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        """POST `content` and read the reply whole: status, headers, body (decoded, at most `max_body`).
-
-        The path every non-streaming request takes. It skips building httpx's request and response
-        objects (a tenth of a row's CPU when measured), and aiohttp's own total timeout replaces a cancel
-        scope per request.
-        """
-        import aiohttp
-
-        session = self._session or self._open()
-        timeout = self._timeouts.get(timeouts)
-        if timeout is None:
-            timeout = self._timeouts[timeouts] = aiohttp.ClientTimeout(
-                total=timeouts.total_s, sock_connect=timeouts.connect_s
-            )
-        with _as_httpx_errors():
-            async with session.post(url, data=content, headers=headers, timeout=timeout) as response:
-                status = response.status
-                raw: list[bytes] = []
-                size = 0
-                try:
-                    async for chunk in response.content.iter_any():
-                        size += len(chunk)
-                        if size > max_body:
-                            raise bodies.too_large(max_body, status)
-                        raw.append(chunk)
-                except aiohttp.ClientPayloadError as exc:
-                    raise cut_short(f"the reply's body broke off: {excerpt(str(exc))}", status) from None
-        return status, response.headers, bodies.decode(b"".join(raw), response.headers, max_body, status)
-
-    async def aclose(self) -> None:
-        """Close the session and its connections."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-class _AiohttpStream(httpx.AsyncByteStream):
-    """An aiohttp reply body as httpx's async byte stream, chunk by chunk as it arrives."""
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        """The body's chunks."""
-        with _as_httpx_errors():
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-
-    async def aclose(self) -> None:
-        """Give the connection back (or drop it, if the body was not read to the end)."""
-        self._response.release()
 
 
 class Sender:
@@ -410,23 +297,6 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
 
 def _is_event_stream(response: httpx.Response) -> bool:
     return "text/event-stream" in response.headers.get("content-type", "")
-
-
-@contextlib.contextmanager
-def _as_httpx_errors() -> Iterator[None]:
-    """aiohttp's failures below HTTP as httpx's `TransportError` (timeouts stay `TimeoutError`)."""
-    import aiohttp
-
-    try:
-        yield
-    except TimeoutError:
-        raise
-    except aiohttp.ClientError as exc:
-        raise httpx.TransportError(f"{type(exc).__name__}: {exc}") from exc
-
-
-def _proxy_configured() -> bool:
-    return any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"))
 
 
 def _transient(code: str, message: str) -> ProviderError:
