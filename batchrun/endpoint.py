@@ -75,8 +75,8 @@ class Contact:
     no address, none made within `connect_timeout_s`) stop the run once they have gone on for `grace_s`
     (a server still starting gets that long), or as soon as a row runs out of tries; and until it has sent
     one usable answer, an HTML page stops the run at once. A timeout waiting for a reply does not count:
-    a slow model is not a wrong URL. (A 404 on the path,
-    a redirect and a TLS failure stop it whenever they come: see `batchrun.transport.Sender`.)
+    a slow model is not a wrong URL. (A 404 on the path, a redirect and a TLS failure stop the run
+    whenever they come: see `batchrun.transport.Sender`.)
     """
 
     def __init__(self, url: str, grace_s: float | None = None) -> None:
