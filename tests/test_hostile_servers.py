@@ -404,6 +404,7 @@ def test_a_key_echoed_back_reaches_no_file_and_no_screen(
     assert "bad header" in written
     assert KEY not in written
     assert KEY not in result.stdout + result.stderr + report.stdout + report.stderr
+    assert "Traceback" not in result.stderr + report.stderr
 
 
 def test_credentials_in_base_url_reach_no_file_and_no_screen(
@@ -418,5 +419,6 @@ def test_credentials_in_base_url_reach_no_file_and_no_screen(
         result = cli("run", write_job(url))
     assert result.exit_code == 3
     assert "http://***@127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr
     assert PASSWORD not in result.stdout + result.stderr
     assert PASSWORD not in everything_written(tmp_path / "out")
