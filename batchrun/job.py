@@ -121,6 +121,8 @@ class LimitsSection(_Section):
     max_outage_s: float = Field(default=1800.0, gt=0)  # give up (exit 3) when the provider is down this long
     # JSON mode (`response_format`): send a row again while its completion does not parse (max_attempts).
     retry_invalid_json: bool = False
+    # A reply larger than this (decoded) is no completion: that attempt fails as `bad_response`.
+    max_reply_mib: float = Field(default=64.0, gt=0, le=4096)
 
 
 class PricingSection(_Section):

@@ -372,12 +372,15 @@ def test_over_long_result_lines_are_skipped(tmp_path: Path) -> None:
     assert Counter(type(d).__name__ for d in jsonl_objects([path])) == {"dict": 2}
 
 
-def test_a_line_only_json_can_read_still_parses(tmp_path: Path) -> None:
-    """A reply with a lone surrogate and a count past 64 bits parses (the count unknown), as live."""
+@pytest.mark.parametrize(("prompt_tokens", "readable"), [(12, True), (123456789012345678901234567890, False)])
+def test_a_line_only_json_can_read_is_judged_as_live(
+    tmp_path: Path, prompt_tokens: int, readable: bool
+) -> None:
+    """A lone surrogate parses, as live; a count past 64 bits is a bad response, as live."""
     custom_id = "d" * 32
     body = (
         '{"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi \\ud83d"}, '
-        '"finish_reason": "stop"}], "usage": {"prompt_tokens": 123456789012345678901234567890}}'
+        f'"finish_reason": "stop"}}], "usage": {{"prompt_tokens": {prompt_tokens}}}}}'
     )
     line = f'{{"custom_id": "{custom_id}", "response": {{"status_code": 200, "body": {body}}}}}'
     path = tmp_path / "out.jsonl"
@@ -387,9 +390,14 @@ def test_a_line_only_json_can_read_still_parses(tmp_path: Path) -> None:
         return list(api.read([path], [custom_id]))
 
     (result,) = run(Server({}), "openai", work)
-    assert result.reply is not None
-    assert result.reply.completion == "hi \ud83d"
-    assert result.reply.usage.prompt_tokens is None
+    if readable:
+        assert result.reply is not None
+        assert result.reply.completion == "hi \ud83d"
+        assert result.reply.usage.prompt_tokens == 12
+    else:
+        assert result.reply is None
+        assert result.error is not None
+        assert result.error.error_type == "bad_response"
 
 
 def test_an_endless_control_reply_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
