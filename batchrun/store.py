@@ -8,59 +8,97 @@ Beside the output `out/x.parquet` lives the run folder `out/x.parquet.run/`:
   power cut. A line cut short by one is dropped when the journal is next opened.
 - `input-NNNNNN.parquet`: the input's columns plus `custom_id`, about 10,000 rows a part, rewritten by
   every run (the input may have changed between runs).
+- `lock`: held (flock) by the one run that may use the folder; it holds the holder's pid.
 
-The output is assembled from the two when the run ends, written to a temporary file and renamed: a
-reader never sees half a file.
+The output is assembled from the two when the run ends (or stops), written to a temporary file and
+renamed: a reader never sees half a file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import fields
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
-from batchrun import duck
+from batchrun import duck, journal
+from batchrun.errors import UsageError
+from batchrun.journal import RESULT_FIELDS, result_schema
 from batchrun.records import OUTPUT_COLUMNS, Result
 
 if TYPE_CHECKING:
     import duckdb
     import polars as pl
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-RESULT_FIELDS = tuple(f.name for f in fields(Result))
+__all__ = ["RESULT_FIELDS", "Assembly", "RunStore", "result_schema", "run_folder", "run_lock"]
+
 JOURNAL = "results.jsonl"
+LOCK = "lock"
 FSYNC_SECONDS = 2.0
 ASSEMBLE_MEMORY_MB = 128  # DuckDB's cap while assembling the output; beyond it, it spills to disk
-ASSEMBLE_MEMORY_MAX_MB = 8192  # ... raised up to this when a join needs more
+ASSEMBLE_MEMORY_MAX_MB = 8192  # ... raised up to this should DuckDB still run out
 INPUT_PART_ROWS = 10_000  # input rows per part file (a sweep writes one file per variant at a time)
-INPUT_ROW = "__batchrun_row"  # an input part's row numbers, which keep the output in input order
-INPUT_PART = "__batchrun_part"  # the part's place among the parts, while assembling
+CHUNK_BYTES = 8 << 20  # answers read, parsed and written at a time (one row group, at most an input part)
+PLACES_BATCH = 65_536  # rows of (offset, length) DuckDB hands over at a time while assembling
+# Answers' long free text: no Parquet dictionary for them (every value differs; trying costs a third of the
+# writing time).
+LONG_TEXT = frozenset(
+    {"custom_id", "completion", "reasoning", "tool_calls", "response_id", "error", "completions", "json"}
+)
+PENDING = "pending"  # the status of a row without an answer yet (the output of a stopped run)
 
 
-def result_schema() -> dict[str, Any]:
-    """Column types of the journal: Contract 2's types, fixed so that every read agrees."""
-    import polars as pl
+def run_folder(output: Path) -> Path:
+    """The run folder beside `output`: `out/x.parquet` -> `out/x.parquet.run`."""
+    return output.with_name(output.name + ".run")
 
-    ints = {"prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens"}
-    schema: dict[str, Any] = {}
-    for name in RESULT_FIELDS:
-        if name in ints or name in ("attempts", "http_status"):
-            schema[name] = pl.Int64
-        elif name in ("cost_usd", "latency_s"):
-            schema[name] = pl.Float64
-        elif name in ("retryable", "cached"):
-            schema[name] = pl.Boolean
-        elif name == "completions":
-            schema[name] = pl.List(pl.String)
-        else:
-            schema[name] = pl.String
-    return schema
+
+@contextmanager
+def run_lock(output: Path) -> Iterator[None]:
+    """Hold the run folder of `output` for this process; UsageError (exit 2) when another run holds it.
+
+    Two runs of one job at once would send every row twice and delete each other's input parts. The lock
+    is an flock on `lock` in the run folder: the kernel drops it when its process ends, however it ends, so
+    a `kill -9` leaves no stale lock behind. The holder writes its pid into the file for the message.
+    """
+    folder = run_folder(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            raise UsageError(
+                f"{folder} is in use by another batchrun run (pid {pid if pid.isdigit() else 'unknown'}): "
+                "wait for it to end, or stop it; two runs of one job at once would send every row twice. "
+                "Nothing was sent."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@dataclass(frozen=True, slots=True)
+class Assembly:
+    """What the last assembled output holds, beside what the journal holds."""
+
+    output: Path
+    rows: int
+    answered: int  # rows of the output with a final answer (ok, or an error a rerun does not resend)
+    answered_in_journal: int  # final answers in the journal: more than `answered` when rows are left out
 
 
 class RunStore:
@@ -68,29 +106,34 @@ class RunStore:
 
     def __init__(self, output: Path) -> None:
         self.output = output
-        self.dir = output.with_name(output.name + ".run")
+        self.dir = run_folder(output)
         self.journal = self.dir / JOURNAL
+        self.assembly: Assembly | None = None  # what the last `assemble` wrote
         self._fd: int | None = None
         self._input_parts = 0
         self._pending: list[tuple[str, pl.DataFrame]] = []  # input pieces not yet in a part file
         self._pending_rows = 0
         self._synced_at = 0.0
+        self._resume: tuple[pl.Series, float] | None = None
 
     def open(self, *, fresh: bool = False) -> None:
         """Create the run folder and open the journal; `fresh` forgets every earlier answer."""
-        if fresh and self.dir.exists():
-            shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        # What a run killed mid-way left: input parts (rewritten by every run), temporary files, and the
-        # assembly's spill folder.
-        for stale in [*self.dir.glob("input-*"), *self.dir.glob("*.tmp")]:
-            if stale.is_dir():
-                shutil.rmtree(stale)
+        # What a run killed mid-way left: input parts (rewritten by every run), temporary files, the
+        # assembly's spill folder, and beside the output the temporary files of an unfinished rename.
+        stale = {*self.dir.glob("input-*"), *self.dir.glob("*.tmp")}
+        stale |= {*self.output.parent.glob(f".{self.output.name}.*.tmp")}
+        if fresh:
+            stale |= {path for path in self.dir.iterdir() if path.name != LOCK}  # the lock stays held
+        for path in stale:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
             else:
-                stale.unlink()
+                path.unlink(missing_ok=True)
         _drop_partial_line(self.journal)
         self._fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._synced_at = time.monotonic()
+        self._resume = None
 
     def close(self) -> None:
         """Sync and close the journal."""
@@ -101,42 +144,51 @@ class RunStore:
 
     def finished_ids(self) -> pl.Series:
         """`custom_id`s with a final answer from earlier runs: ok, or an error a retry cannot fix."""
-        import polars as pl
-
-        table = self._latest("custom_id", "NOT retryable")
-        if table is None:
-            return pl.Series("custom_id", [], dtype=pl.String)
-        return pl.Series("custom_id", table.column(0), dtype=pl.String)
+        return self._read_resume()[0]
 
     def spent_usd(self) -> float:
         """What earlier runs of this job spent: the cost of the latest answer per row in the journal."""
-        table = self._latest("sum(cost_usd)")
-        return float(table.column(0)[0].as_py() or 0.0) if table is not None else 0.0
+        return self._read_resume()[1]
 
-    def _latest(self, select: str, where: str = "true") -> Any:
-        """`select` over the journal's latest line per custom_id, as a pyarrow table; None with no journal.
+    def _read_resume(self) -> tuple[pl.Series, float]:
+        """Finished ids and money spent, from one read of the journal (kept until results are written)."""
+        import polars as pl
 
-        DuckDB under the assembly's memory cap, reading three fields of each line: polars' unique() over a
-        million-line journal held 790 MB at the start of a resumed run.
-        """
+        if self._resume is not None:
+            return self._resume
         if not self.journal.is_file() or self.journal.stat().st_size == 0:
-            return None  # a fresh run: not even DuckDB's import is worth paying for
+            # A fresh run: not even DuckDB's import is worth paying for.
+            self._resume = pl.Series("custom_id", [], dtype=pl.String), 0.0
+            return self._resume
         with duck.connect(ASSEMBLE_MEMORY_MB, self.dir / "resume.tmp") as db:
-            self._create_latest(db, ("custom_id", "retryable", "cost_usd"))
-            return db.sql(f"SELECT {select} FROM latest WHERE {where}").to_arrow_table()
+            self._create_latest(db)
+            ids = db.sql("SELECT custom_id FROM latest WHERE NOT retryable").to_arrow_table()
+            (spent,) = db.execute("SELECT coalesce(sum(cost_usd), 0) FROM latest").fetchall()[0]
+        finished = pl.Series("custom_id", ids.column(0), dtype=pl.String)
+        self._resume = finished, float(spent)
+        return self._resume
 
-    def _create_latest(self, db: duckdb.DuckDBPyConnection, fields: Sequence[str] = RESULT_FIELDS) -> None:
-        """Table `latest`: the journal's `fields` from its latest line per custom_id.
+    def _create_latest(self, db: duckdb.DuckDBPyConnection) -> None:
+        """Table `latest`: where each custom_id's latest readable line is, its `retryable` and `cost_usd`.
 
-        A later line replaces an earlier one (a later run's answer replaces an earlier error). Finding it by
-        line number (`rowid`, with one thread) keeps the wide rows out of the grouping.
+        A later line replaces an earlier one (a later run's answer replaces an earlier error). DuckDB groups
+        a narrow index of the lines (`journal.index_batches`, read a block at a time) under its memory cap,
+        spilling to disk: no line's text is held.
         """
-        db.execute(f"CREATE TABLE journal AS {self._journal_sql(fields)}")
-        db.execute(
-            "CREATE TABLE latest AS SELECT * FROM journal "
-            "WHERE rowid IN (SELECT max(rowid) FROM journal GROUP BY custom_id)"
+        import pyarrow as pa
+
+        reader = pa.RecordBatchReader.from_batches(
+            journal.index_schema(), journal.index_batches(self.journal)
         )
-        db.execute("DROP TABLE journal")
+        db.register("journal_index", reader)
+        # arg_max skips a null value, so the line's fields travel as one struct: a null cost stays null.
+        db.execute(
+            "CREATE TABLE latest AS SELECT custom_id, line.offset, line.length, line.retryable, "
+            "line.cost_usd FROM (SELECT custom_id, arg_max({'offset': \"offset\", 'length': length, "
+            "'retryable': retryable, 'cost_usd': cost_usd}, \"offset\") AS line "
+            "FROM journal_index GROUP BY custom_id)"
+        )
+        db.unregister("journal_index")
 
     def write_input(self, frame: pl.DataFrame, part: str = "") -> None:
         """Keep a piece of the input (its columns plus `custom_id`) for the final join.
@@ -162,7 +214,7 @@ class RunStore:
             path = self.dir / f"input-{part}{self._input_parts:06d}.parquet"
             tmp = path.with_name(path.name + ".tmp")
             whole = pl.concat(frames, how="vertical_relaxed", rechunk=False)
-            whole.with_row_index(INPUT_ROW).write_parquet(tmp, compression="zstd", statistics=False)
+            whole.write_parquet(tmp, compression="zstd", statistics=False)
             os.replace(tmp, path)
         self._pending.clear()
         self._pending_rows = 0
@@ -172,6 +224,7 @@ class RunStore:
         assert self._fd is not None, "open() the store first"
         if not results:
             return
+        self._resume = None
         data = b"".join([_journal_line(result) for result in results])
         while data:  # a regular file takes it all at once; the loop only guards against a short write
             data = data[os.write(self._fd, data) :]
@@ -180,12 +233,15 @@ class RunStore:
             self._synced_at = time.monotonic()
 
     def assemble(self) -> Path:
-        """Join the input with the latest result per `custom_id`, in input order, into the output file.
+        """Write the output: every input row, in input order, with the latest answer for its `custom_id`.
 
-        DuckDB does the join: it spills to disk under a memory cap, so a million-row run assembles in about
-        the memory of a thousand-row one (polars' join held the whole journal: 1.3 GiB for a million rows).
-        Should the cap prove too small (very long completions), it is raised and the join run again: a run
-        must never fail at its last step.
+        A row without any answer (a stopped run) has `status = "pending"`. Memory stays flat whatever the
+        number of rows and the size of the answers: DuckDB finds, under its memory cap and spilling to
+        disk, where each row's answer is in the journal (narrow columns only: ids, offsets, lengths); then
+        one input part at a time is read, its answers are read from the journal by their offsets (the
+        journal is near input order, so mostly in long runs) and parsed, and the two go to the output as
+        one Parquet row group. Should DuckDB still run out of memory, the cap is raised and the assembly
+        run again: a run must never fail at its last step.
         """
         self.flush_input()
         inputs = sorted(self.dir.glob("input-*.parquet"))
@@ -199,7 +255,7 @@ class RunStore:
         try:
             while True:
                 try:
-                    self._join(inputs, tmp, memory_mb)
+                    self.assembly = self._assemble(inputs, tmp, memory_mb)
                     break
                 except duckdb.OutOfMemoryException:
                     if memory_mb >= ASSEMBLE_MEMORY_MAX_MB:
@@ -210,48 +266,52 @@ class RunStore:
             tmp.unlink(missing_ok=True)
         return self.output
 
-    def _join(self, inputs: list[Path], tmp: Path, memory_mb: int) -> None:
-        """Write the joined output to `tmp` with DuckDB, using at most about `memory_mb` of memory.
+    def _assemble(self, inputs: list[Path], tmp: Path, memory_mb: int) -> Assembly:
+        """Write the output to `tmp`, DuckDB capped at `memory_mb`; return what it holds.
 
-        Every step can spill to disk: tables, a grouping, joins and a sort. Window functions cannot (a
-        `row_number() OVER ()` held a million rows in memory), so the order comes from stored numbers:
-        each input part's own row numbers, and the journal table's `rowid` (its line order).
+        Two steps, one after the other so that their memory never adds up: DuckDB writes where each output
+        row's answer is (`places.tmp`, in output order) and closes; then the output is written from it.
         """
-        # Parts in the order of their names, each row numbered within its part.
-        parts = " UNION ALL ".join(
-            f"SELECT *, {i} AS {INPUT_PART} FROM read_parquet('{duck.text(path)}')"
-            for i, path in enumerate(inputs)
-        )
-        with duck.connect(memory_mb, self.dir / "assemble.tmp") as db:
-            input_columns = [c for c in db.read_parquet(str(inputs[0])).columns if c != INPUT_ROW]
-            # The input's columns first (custom_id last among them, or where a batch file has it), then
-            # Contract 2's in their fixed order.
-            columns = [*input_columns, *(c for c in OUTPUT_COLUMNS if c not in input_columns)]
-            select = ", ".join(duck.quoted(c) for c in columns)
-            # One statement per step: DuckDB caps each operator, and a join and a sort in one pipeline ran
-            # out of memory where the steps apart did not.
-            self._create_latest(db)
-            db.execute(
-                f"CREATE TABLE joined AS SELECT * FROM ({parts}) AS inputs LEFT JOIN latest USING (custom_id)"
-            )
-            db.execute("DROP TABLE latest")
-            db.execute(
-                f"COPY (SELECT {select} FROM joined ORDER BY {INPUT_PART}, {INPUT_ROW}) "
-                f"TO '{duck.text(tmp)}' (FORMAT parquet, COMPRESSION zstd)"
-            )
+        import polars as pl
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-    def _journal_sql(self, fields: Sequence[str]) -> str:
-        """The journal's `fields` as a DuckDB query with Contract 2's types, its lines in file order."""
-        schema = result_schema()
-        types = {name: _duckdb_type(schema[name]) for name in fields}
-        if not self.journal.is_file() or self.journal.stat().st_size == 0:
-            nulls = ", ".join(f"NULL::{t} AS {duck.quoted(n)}" for n, t in types.items())
-            return f"SELECT {nulls} WHERE false"
-        spec = "{" + ", ".join(f"'{n}': '{t}'" for n, t in types.items()) + "}"
-        return (
-            f"SELECT * FROM read_json('{duck.text(self.journal)}', "
-            f"format = 'newline_delimited', columns = {spec})"
-        )
+        schema, input_names = _output_schema(inputs)
+        added = [name for name in schema.names if name not in input_names]
+        places = self.dir / "places.tmp"
+        with duck.connect(memory_mb, self.dir / "assemble.tmp") as db:
+            self._create_latest(db)
+            (in_journal,) = db.execute("SELECT count(*) FROM latest WHERE NOT retryable").fetchall()[0]
+            db.register("input_ids", pa.RecordBatchReader.from_batches(_ids_schema(), _input_ids(inputs)))
+            db.execute(
+                "COPY (SELECT latest.offset, latest.length, latest.retryable FROM input_ids "
+                "LEFT JOIN latest USING (custom_id) ORDER BY input_ids.position) "
+                f"TO '{duck.text(places)}' (FORMAT parquet)"
+            )
+        rows = answered = 0
+        stream = _Rows(pq.ParquetFile(places))
+        fd = os.open(self.journal, os.O_RDONLY) if self.journal.is_file() else -1
+        dictionary = [name for name in schema.names if name not in LONG_TEXT]
+        try:
+            with pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=dictionary) as writer:
+                for path in inputs:
+                    part = pq.ParquetFile(path).read()
+                    spots = stream.take(part.num_rows)
+                    answered += spots.filter(pl.col("retryable").not_()).height
+                    # A row group per input part, or smaller ones when answers are long.
+                    for start, stop in _chunks(spots.get_column("length").to_list(), CHUNK_BYTES):
+                        results = _results(fd, spots.slice(start, stop - start), added).to_arrow()
+                        piece = part.slice(start, stop - start)
+                        table = pa.Table.from_arrays(
+                            [*piece.columns, *results.columns], names=[*piece.column_names, *added]
+                        )
+                        writer.write_table(table.select(schema.names).cast(schema))
+                    rows += part.num_rows
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            places.unlink(missing_ok=True)
+        return Assembly(self.output, rows, answered, int(in_journal))
 
     def _write_empty(self) -> Path:
         """No input at all: an output with Contract 2's columns and no rows."""
@@ -265,7 +325,101 @@ class RunStore:
             _publish(tmp, self.output)
         finally:
             tmp.unlink(missing_ok=True)
+        self.assembly = Assembly(self.output, 0, 0, 0)
         return self.output
+
+
+def _output_schema(inputs: list[Path]) -> tuple[pa.Schema, list[str]]:
+    """The output's Arrow schema and the input parts' column names.
+
+    The input's columns first (custom_id last among them, or where a batch file has it), then Contract 2's
+    in their fixed order. Parts read in slices may disagree on a type (a column all null in one slice):
+    the types are unified as Arrow promotes them.
+    """
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    inputs_schema = pa.unify_schemas(
+        [pq.ParquetFile(path).schema_arrow for path in inputs], promote_options="permissive"
+    )
+    names = inputs_schema.names
+    results = pl.DataFrame(schema=result_schema()).to_arrow().schema
+    added = [results.field(name) for name in OUTPUT_COLUMNS if name not in names]
+    return pa.schema([*inputs_schema, *added]), names
+
+
+def _ids_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([("position", pa.int64()), ("custom_id", pa.large_string())])
+
+
+def _input_ids(inputs: list[Path]) -> Iterator[pa.RecordBatch]:
+    """(position in the output, custom_id) of every input row, one part at a time: DuckDB's join input."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _ids_schema()
+    position = 0
+    for path in inputs:
+        ids = pq.ParquetFile(path).read(columns=["custom_id"]).column(0)
+        positions = pa.array(range(position, position + len(ids)), pa.int64())
+        position += len(ids)
+        yield from pa.Table.from_arrays([positions, ids], names=schema.names).cast(schema).to_batches()
+
+
+def _chunks(lengths: list[int | None], limit: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of consecutive rows whose answers add up to about `limit` bytes (at least one row)."""
+    start = size = 0
+    for i, length in enumerate(lengths):
+        if size and size + (length or 0) > limit:
+            yield start, i
+            start, size = i, 0
+        size += length or 0
+    if start < len(lengths):
+        yield start, len(lengths)
+
+
+class _Rows:
+    """The rows of a stream of record batches, taken a given number at a time."""
+
+    def __init__(self, file: pq.ParquetFile) -> None:
+        self.schema = file.schema_arrow
+        self.batches = file.iter_batches(PLACES_BATCH)
+        self.held: list[pa.RecordBatch] = []
+        self.held_rows = 0
+
+    def take(self, count: int) -> pl.DataFrame:
+        """The next `count` rows (fewer only if the stream ends)."""
+        import polars as pl
+        import pyarrow as pa
+
+        while self.held_rows < count and (batch := next(self.batches, None)) is not None:
+            self.held.append(batch)
+            self.held_rows += batch.num_rows
+        table = pa.Table.from_batches(self.held, schema=self.schema)
+        taken, rest = table.slice(0, count), table.slice(count)
+        self.held, self.held_rows = rest.to_batches(), rest.num_rows
+        return pl.DataFrame(pl.from_arrow(taken))
+
+
+def _results(fd: int, spots: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """Columns `names` of the answers at `spots` (offset, length per output row; null: no answer), in order.
+
+    The lines are read in file order, then put back in the rows' order; a row without one is pending.
+    """
+    import polars as pl
+
+    wanted = spots.with_row_index("row").filter(pl.col("offset").is_not_null()).sort("offset")
+    lines = journal.fetch(fd, wanted.get_column("offset").to_list(), wanted.get_column("length").to_list())
+    answers = lines.select(names).with_columns(wanted.get_column("row"))
+    every = pl.DataFrame({"row": pl.arange(0, spots.height, dtype=pl.UInt32, eager=True)})
+    joined = every.join(answers, on="row", how="left", maintain_order="left")
+    status = pl.when(pl.col("row").is_in(wanted.get_column("row").implode()).not_())
+    return joined.with_columns(
+        status.then(pl.lit(PENDING)).otherwise(pl.col("status")).alias("status")
+    ).select(names)
 
 
 def _publish(tmp: Path, output: Path) -> None:
@@ -276,16 +430,6 @@ def _publish(tmp: Path, output: Path) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, output)
-
-
-def _duckdb_type(dtype: Any) -> str:
-    """A journal column's polars type as DuckDB's."""
-    import polars as pl
-
-    if isinstance(dtype, pl.List):
-        return _duckdb_type(dtype.inner) + "[]"
-    names = {pl.Int64: "BIGINT", pl.Float64: "DOUBLE", pl.Boolean: "BOOLEAN", pl.String: "VARCHAR"}
-    return names[dtype]
 
 
 def _journal_line(result: Result) -> bytes:

@@ -39,7 +39,7 @@ def test_the_latest_answer_per_row_wins_and_rows_keep_input_order(tmp_path: Path
     assert out.columns == ['it\'s "text"', "custom_id", *(c for c in OUTPUT_COLUMNS if c != "custom_id")]
     assert out["custom_id"].to_list() == [f"id-{i:05d}" for i in range(6)]
     assert out["completion"].to_list() == ["c0", "c1", "two at last", "three", "c4", None]
-    assert out["status"].to_list() == ["ok"] * 5 + [None]
+    assert out["status"].to_list() == ["ok"] * 5 + ["pending"]
     assert out["error_type"][2] is None
     assert out["attempts"][2] == 2
     assert out["prompt_tokens"][3] == 7
@@ -60,13 +60,13 @@ def test_a_join_larger_than_the_memory_cap_raises_the_cap_and_still_assembles(
     )
     run.close()
     caps: list[int] = []
-    join = RunStore._join
+    join = RunStore._assemble
 
-    def recording_join(self: RunStore, inputs: list[Path], tmp: Path, memory_mb: int) -> None:
+    def recording_join(self: RunStore, inputs: list[Path], tmp: Path, memory_mb: int) -> store.Assembly:
         caps.append(memory_mb)
-        join(self, inputs, tmp, memory_mb)
+        return join(self, inputs, tmp, memory_mb)
 
-    monkeypatch.setattr(RunStore, "_join", recording_join)
+    monkeypatch.setattr(RunStore, "_assemble", recording_join)
     monkeypatch.setattr(store, "ASSEMBLE_MEMORY_MB", 1)  # too small for DuckDB to even start the join
 
     out = pl.read_parquet(run.assemble())
@@ -79,14 +79,16 @@ def test_a_join_larger_than_the_memory_cap_raises_the_cap_and_still_assembles(
     assert out["completion"][123].startswith("answer 123 ")
 
 
-def test_an_empty_journal_gives_every_row_with_null_results(tmp_path: Path) -> None:
+def test_an_empty_journal_gives_every_row_pending(tmp_path: Path) -> None:
+    """Rows nobody answered yet are in the output, `pending`, their result columns null."""
     run = _store(tmp_path / "out.parquet", 3)
     run.close()
 
     out = pl.read_parquet(run.assemble())
 
     assert out.height == 3
-    assert out["status"].null_count() == 3
+    assert out["status"].to_list() == ["pending"] * 3
+    assert out["completion"].null_count() == 3
     assert out.schema["cost_usd"] == pl.Float64
 
 
