@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batchrun.summary import Summary
 
 
 class BatchrunError(Exception):
@@ -50,9 +54,16 @@ class InputError(UsageError):
 
 
 class StopRun(BatchrunError):
-    """The run stopped early; what finished is saved and a rerun resumes (exit 3)."""
+    """The run stopped early; what finished is saved and a rerun resumes (exit 3).
+
+    `summary` is what the output written at the stop holds (None when none was written).
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, summary: Summary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class ErrorClass(enum.Enum):

@@ -78,7 +78,7 @@ def failed_rows(output: Path, count: int) -> list[dict[str, Any]]:
 
     if count <= 0:
         return []
-    frame = pl.scan_parquet(output)
+    frame = pl.scan_parquet(output, hive_partitioning=False)
     names = frame.collect_schema().names()
     columns = [c for c in FAILED_COLUMNS if c in names]
     if VARIANT_COLUMN in names:
@@ -93,7 +93,7 @@ def latency_histogram(output: Path, bins: int = HISTOGRAM_BINS) -> list[Bin]:
     import polars as pl
 
     latency = (
-        pl.scan_parquet(output)
+        pl.scan_parquet(output, hive_partitioning=False)
         .filter((pl.col("status") == "ok") & pl.col("latency_s").is_not_null())
         .select("latency_s")
     )

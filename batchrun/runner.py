@@ -13,6 +13,7 @@ producer and the workers, never the writer: what finished is always journaled.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import signal
 import threading
@@ -42,7 +43,7 @@ from batchrun.progress import Observer, Snapshot, watch
 from batchrun.providers import Provider, make_provider
 from batchrun.records import Request, Result
 from batchrun.retry import BackoffWait, retrying
-from batchrun.store import RunStore
+from batchrun.store import RunStore, run_lock
 from batchrun.structured import as_json, invalid_json_error, wants_json
 from batchrun.summary import Summary, failure_summary, summarize, summary_path, write_summary_json
 from batchrun.sweep import prompt_set, request_models
@@ -74,15 +75,18 @@ def run_job(
     the network, for tests; `observers` see the run's progress (see `batchrun.progress`).
     """
     started = _now()
-    try:
-        summary = anyio.run(
-            _run_async, job, limit, fresh, transport, tuple(observers), backend_options=_loop_options()
-        )
-    except BatchrunError as exc:
-        outcome = failure_summary(job.name, job.output_path, exc.exit_code, str(exc))
-        _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
-        raise
-    _write_summary(job, summary.as_dict() | {"started_at": started, "ended_at": _now()})
+    with run_lock(job.output_path):  # before anything else: a second run of the job exits 2 at once
+        try:
+            summary = anyio.run(
+                _run_async, job, limit, fresh, transport, tuple(observers), backend_options=_loop_options()
+            )
+        except BatchrunError as exc:
+            outcome = failure_summary(job.name, job.output_path, exc.exit_code, str(exc))
+            if isinstance(exc, StopRun) and exc.summary is not None:
+                outcome = exc.summary.as_dict() | outcome  # what the stopped run saved, and why it stopped
+            _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
+            raise
+        _write_summary(job, summary.as_dict() | {"started_at": started, "ended_at": _now()})
     return summary
 
 
@@ -168,6 +172,7 @@ class Runner:
         self.stop_reason: str | None = None
         self._draining = False  # no new requests: an interrupt or the budget; those in flight finish
         self._to_cache: list[tuple[str, Result]] = []  # answers the writer stores in the cache
+        self._input_saved = (0, 0)  # input batches written to the store, and pieces of the next one
 
     async def run(self, *, fresh: bool = False, transport: httpx.AsyncBaseTransport | None = None) -> Summary:
         """Send, journal, assemble the output; return the summary. Raises `StopRun` on an early stop."""
@@ -184,9 +189,44 @@ class Runner:
             self.store.close()
         wall_s = time.monotonic() - started
         if self.stop_reason is not None:
-            raise StopRun(self.stop_reason)
+            # The output of a stopped run holds every input row too: the rows never read are `pending`.
+            await anyio.to_thread.run_sync(self._save_unread_input)
         output = await anyio.to_thread.run_sync(self.store.assemble)
-        return summarize(output, counters=self.counters, wall_s=wall_s, job=self.job.name)
+        summary = summarize(
+            output, counters=self.counters, wall_s=wall_s, job=self.job.name, note=self._left_out()
+        )
+        if self.stop_reason is not None:
+            saved = f"{summary.ok:,} ok, {summary.failed:,} failed, {summary.pending:,} pending"
+            raise StopRun(f"{self.stop_reason}\nThe output {output} holds every row: {saved}.", summary)
+        return summary
+
+    def _save_unread_input(self) -> None:
+        """Keep the input rows the producer did not get to, for the output of a stopped run (nothing is sent).
+
+        The producer counts the batches it finished and the pieces of the batch it was on; the input is read
+        again from its start, skipping those, and the rest is rendered only to name its rows.
+        """
+        done_batches, done_pieces = self._input_saved
+        for index, batch in enumerate(self.prompts.frames()):
+            if index < done_batches:
+                continue
+            pieces = self.prompts.render_frame(*batch)
+            for piece in itertools.islice(pieces, done_pieces if index == done_batches else 0, None):
+                self.store.write_input(piece.frame, piece.part)
+
+    def _left_out(self) -> str | None:
+        """A note when the output leaves out answers the journal holds (`--limit` after a larger run)."""
+        assembly = self.store.assembly
+        if (
+            self.prompts.limit is None
+            or assembly is None
+            or assembly.answered_in_journal <= assembly.answered
+        ):
+            return None
+        return (
+            f"output holds {assembly.answered:,} of {assembly.answered_in_journal:,} answered rows; "
+            "rerun without --limit to write all; nothing is resent"
+        )
 
     def snapshot(self) -> Snapshot:
         """The run's counters and limiter state now, for a progress display (read-only, cheap)."""
@@ -279,9 +319,11 @@ class Runner:
                     if self._draining:
                         return  # stopping: render and queue nothing more
                     self.store.write_input(piece.frame, piece.part)
+                    self._input_saved = (self._input_saved[0], self._input_saved[1] + 1)
                     if not await self._feed(piece, done, requests, results):
                         return
                     await checkpoint()  # the workers start on this piece before the next
+                self._input_saved = (self._input_saved[0] + 1, 0)
 
     async def _feed(
         self,

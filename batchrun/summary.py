@@ -59,11 +59,12 @@ class Group:
     completion_tokens: int
     cost_usd: float | None
     latency: Latency
+    failed: int = 0  # rows that failed; the rest of those not ok are pending (a stopped run)
 
     @property
-    def failed(self) -> int:
-        """Rows without an answer."""
-        return self.rows - self.ok
+    def pending(self) -> int:
+        """Rows without an answer yet."""
+        return self.rows - self.ok - self.failed
 
     @property
     def ok_rate(self) -> float:
@@ -77,6 +78,7 @@ class Group:
             "rows": self.rows,
             "ok": self.ok,
             "failed": self.failed,
+            "pending": self.pending,
             "ok_rate": round(self.ok_rate, 4),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -96,6 +98,7 @@ class Summary:
     ok: int
     failed: int
     errors: dict[str, int] = field(default_factory=dict)
+    pending: int = 0  # rows without an answer yet: the output of a stopped run
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = None
@@ -108,10 +111,13 @@ class Summary:
     by_model: tuple[Group, ...] = ()
     by_variant: tuple[Group, ...] = ()  # a sweep's variants in output order; () without a `variant` column
     job: str | None = None
+    note: str | None = None  # what a user should know about the output (rows it leaves out)
 
     @property
     def exit_code(self) -> int:
-        """Contract 3: 0 when every row is ok, 1 when some failed."""
+        """Contract 3: 0 when every row is ok, 1 when some failed, 3 when some are pending (a stopped run)."""
+        if self.pending:
+            return 3
         return 0 if self.failed == 0 else 1
 
     @property
@@ -127,11 +133,12 @@ class Summary:
         return {
             "job": self.job,
             "output": str(self.output),
-            "status": "ok" if self.failed == 0 else "failed",
+            "status": {0: "ok", 1: "failed"}.get(self.exit_code, "stopped"),
             "exit_code": self.exit_code,
             "rows": self.rows,
             "ok": self.ok,
             "failed": self.failed,
+            "pending": self.pending,
             "errors": self.errors,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -146,6 +153,7 @@ class Summary:
             "by_model": [g.as_dict("model") for g in self.by_model],
             # Only for a sweep, as `batchrun.compare` had it: scripts test for the key.
             **({"variants": [g.as_dict("variant") for g in self.by_variant]} if self.by_variant else {}),
+            **({"note": self.note} if self.note else {}),
         }
 
     def lines(self) -> list[str]:
@@ -159,6 +167,8 @@ class Summary:
             cost = f"${self.cost_usd:,.4f}"
             if self.rows_without_cost:
                 cost += f" (+ {self.rows_without_cost:,} ok rows with no known price)"
+        if self.pending:
+            failed += f", {self.pending:,} pending"
         reused = f", {self.reused:,} answered by an earlier run" if self.reused else ""
         reused += f", {self.cached:,} from the cache" if self.cached else ""
         lines = [
@@ -178,6 +188,8 @@ class Summary:
             )
         if self.by_variant:
             lines += variant_table(self.by_variant)
+        if self.note:
+            lines.append(f"note:    {self.note}")
         return lines
 
 
@@ -212,6 +224,7 @@ def summarize(
     counters: Counters | None = None,
     wall_s: float | None = None,
     job: str | None = None,
+    note: str | None = None,
 ) -> Summary:
     """Aggregate the output file's status, error, token, cost and latency columns.
 
@@ -221,13 +234,13 @@ def summarize(
     from batchrun import duck
 
     with duck.connect(SUMMARY_MEMORY_MB) as db:
-        source = f"read_parquet('{duck.text(output)}')"
+        # Columns come from the file alone: a folder named like `model=x` is not a Hive partition here.
+        source = f"read_parquet('{duck.text(output)}', hive_partitioning = false)"
         names = {row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
         cached = "count(*) FILTER (WHERE cached)" if "cached" in names else "0"
         (totals,) = _query(db, f"SELECT {_AGGREGATES}, {cached} AS cached FROM {source}")
         errors = db.execute(
-            f"SELECT coalesce(error_type, 'not_run'), count(*) FROM {source} "
-            "WHERE status IS DISTINCT FROM 'ok' GROUP BY 1"
+            f"SELECT coalesce(error_type, 'error'), count(*) FROM {source} WHERE status = 'error' GROUP BY 1"
         ).fetchall()
         by_model = _query(
             db,
@@ -240,18 +253,20 @@ def summarize(
             if "file_row_number" in names:  # the input had such a column: number the rows ourselves
                 numbered = f"(SELECT *, row_number() OVER () AS __row FROM {source})"
             else:
-                numbered = f"(SELECT *, file_row_number AS __row FROM {source[:-1]}, file_row_number = true))"
+                with_numbers = f"{source.removesuffix(')')}, file_row_number = true)"
+                numbered = f"(SELECT *, file_row_number AS __row FROM {with_numbers})"
             by_variant = _query(
                 db,
                 f"SELECT coalesce(CAST({VARIANT_COLUMN} AS VARCHAR), '(none)') AS name, {_AGGREGATES} "
                 f"FROM {numbered} GROUP BY name ORDER BY min(__row)",
             )
-    rows, ok_rows = int(totals["rows"]), int(totals["ok"] or 0)
+    rows, ok_rows, failed = int(totals["rows"]), int(totals["ok"] or 0), int(totals["failed"] or 0)
     return Summary(
         output=output,
         rows=rows,
         ok=ok_rows,
-        failed=rows - ok_rows,
+        failed=failed,
+        pending=rows - ok_rows - failed,
         errors={str(k): int(v) for k, v in errors},
         prompt_tokens=int(totals["prompt_tokens"] or 0),
         completion_tokens=int(totals["completion_tokens"] or 0),
@@ -265,6 +280,7 @@ def summarize(
         by_model=_groups(by_model),
         by_variant=_groups(by_variant),
         job=job,
+        note=note,
     )
 
 
@@ -277,7 +293,7 @@ def check_output(output: Path) -> None:
     if not output.is_file():
         raise UsageError(f"{output}: no such file")
     try:
-        names = pl.scan_parquet(output).collect_schema().names()
+        names = pl.scan_parquet(output, hive_partitioning=False).collect_schema().names()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise UsageError(f"{output}: cannot read it as Parquet: {exc}") from None
     missing = [c for c in (*NEEDED_COLUMNS, "model") if c not in names]
@@ -310,6 +326,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 _AGGREGATES = """
     count(*) AS rows,
     count(*) FILTER (WHERE status = 'ok') AS ok,
+    count(*) FILTER (WHERE status = 'error') AS failed,
     sum(prompt_tokens) AS prompt_tokens,
     sum(completion_tokens) AS completion_tokens,
     sum(cost_usd) AS cost_usd,
@@ -342,6 +359,7 @@ def _groups(rows: list[dict[str, Any]]) -> tuple[Group, ...]:
             completion_tokens=int(row["completion_tokens"] or 0),
             cost_usd=float(row["cost_usd"]) if row["priced"] else None,
             latency=_latency(row),
+            failed=int(row["failed"] or 0),
         )
         for row in rows
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batchrun import store
+from batchrun import journal, store
 from batchrun.records import OUTPUT_COLUMNS, Result
 from batchrun.store import RunStore, result_schema
 
@@ -149,3 +149,50 @@ def test_a_result_orjson_refuses_is_still_journaled(tmp_path: Path) -> None:
     run.close()
     out = pl.read_parquet(run.assemble())
     assert out["completion"].to_list() == ["x?", "y"]
+
+
+def test_lines_longer_than_a_read_block_are_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal is read in blocks; a line spanning several blocks still comes back whole."""
+    monkeypatch.setattr(journal, "BLOCK_BYTES", 64)
+    run = _store(tmp_path / "out.parquet", 4)
+    run.write_results([Result(f"id-{i:05d}", "ok", completion=f"{i}" * 300) for i in (2, 0, 3, 1)])
+    run.close()
+
+    out = pl.read_parquet(run.assemble())
+
+    assert out["completion"].to_list() == [f"{i}" * 300 for i in range(4)]
+    assert sorted(run.finished_ids().to_list()) == [f"id-{i:05d}" for i in range(4)]
+
+
+def test_a_line_with_a_field_of_the_wrong_type_keeps_the_rest_of_its_answer(tmp_path: Path) -> None:
+    """A readable line whose `prompt_tokens` is not a number: that field is null, the completion is kept."""
+    run = _store(tmp_path / "out.parquet", 2)
+    run.write_results([Result("id-00000", "ok", completion="zero", prompt_tokens=3)])
+    run.close()
+    with run.journal.open("ab") as f:
+        f.write(b'{"custom_id": "id-00001", "status": "ok", "completion": "one", "prompt_tokens": "seven"}\n')
+
+    out = pl.read_parquet(run.assemble())
+
+    assert out["completion"].to_list() == ["zero", "one"]
+    assert out["prompt_tokens"].to_list() == [3, None]
+
+
+def test_unreadable_lines_are_skipped_with_a_warning_naming_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage, a non-object and a line without custom_id are skipped: their rows count as unanswered."""
+    run = _store(tmp_path / "out.parquet", 4)
+    run.write_results([Result("id-00000", "ok", completion="zero")])
+    with run.journal.open("ab") as f:
+        f.write(b'{"custom_id": "id-00001", "sta\x00\n[1, 2]\n{"status": "ok"}\n')
+    run.write_results([Result("id-00003", "ok", completion="three")])
+    run.close()
+
+    assert sorted(run.finished_ids().to_list()) == ["id-00000", "id-00003"]
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        f"line {n} is not a readable result; skipped (its row is sent again)" for n in (2, 3, 4)
+    ]
+    assert pl.read_parquet(run.assemble())["status"].to_list() == ["ok", "pending", "pending", "ok"]
