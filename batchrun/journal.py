@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 RESULT_FIELDS = tuple(f.name for f in fields(Result))
-BLOCK_BYTES = 4 << 20  # journal read at a time: ~8,000 lines of half a KB, ~1,600 of 2.5 KB
+BLOCK_BYTES = 1 << 20  # journal read at a time: ~2,000 lines of half a KB (larger blocks held more memory)
 WARNED_LINES = 5  # unreadable lines named one by one; past that, only counted
 INDEX_FIELDS = ("custom_id", "retryable", "cost_usd")  # with `offset` and `length`: what resume needs
 

@@ -48,7 +48,7 @@ FSYNC_SECONDS = 2.0
 ASSEMBLE_MEMORY_MB = 128  # DuckDB's cap while assembling the output; beyond it, it spills to disk
 ASSEMBLE_MEMORY_MAX_MB = 8192  # ... raised up to this should DuckDB still run out
 INPUT_PART_ROWS = 10_000  # input rows per part file (a sweep writes one file per variant at a time)
-CHUNK_BYTES = 8 << 20  # answers read, parsed and written at a time (one row group, at most an input part)
+CHUNK_BYTES = 4 << 20  # answers read, parsed and written at a time (one row group, at most an input part)
 PLACES_BATCH = 65_536  # rows of (offset, length) DuckDB hands over at a time while assembling
 # Answers' long free text: no Parquet dictionary for them (every value differs; trying costs a third of the
 # writing time).
