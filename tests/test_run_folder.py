@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import polars as pl
 
 from batchrun.emulator import EmulatorServer
 from tests.conftest import CliResult
+from tests.test_durability import start_run, wait_for_journal
 
 Cli = Callable[..., CliResult]
 StartEmulator = Callable[..., EmulatorServer]
@@ -25,26 +23,15 @@ def _journal(job: Path) -> Path:
     return job.parent / "out" / "test.parquet.run" / "results.jsonl"
 
 
-def _wait_for_lines(journal: Path, lines: int, process: subprocess.Popen[bytes]) -> None:
-    """Wait (at most 30 s) until `journal` holds `lines` lines."""
-    deadline = time.monotonic() + 30
-    while not journal.exists() or journal.read_bytes().count(b"\n") < lines:
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the first run never journaled its answers"
-        time.sleep(0.05)
-
-
 def test_a_second_run_of_a_running_job_exits_2_naming_the_holder_and_sends_nothing(
     emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
 ) -> None:
     """While one process runs a job, another run of it exits 2 at once naming the pid; a kill -9 frees it."""
     first_server = emulator(hold_after=5)  # answers 5 requests, then holds the rest: the first run stays up
     job = write_job(first_server.base_url)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "batchrun", "run", str(job)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    first = start_run(job)
     try:
-        _wait_for_lines(_journal(job), 5, first)
+        wait_for_journal(job, 5, first)
         second_server = emulator()
         second = cli("run", job, "--set", f"provider.base_url={second_server.base_url}")
         assert second.exit_code == 2
@@ -159,12 +146,8 @@ def test_an_interrupted_run_writes_every_row_with_the_rest_pending(
     """Ctrl+C: the output holds every input row, the unanswered ones pending; the summary counts them."""
     server = emulator(latency_s=0.3)
     job = write_job(server.base_url)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "batchrun", "run", str(job), "--set", "limits.concurrency=2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    _wait_for_lines(_journal(job), 4, process)
+    process = start_run(job, "--set", "limits.concurrency=2")
+    wait_for_journal(job, 4, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 3, stderr.decode()
