@@ -8,7 +8,7 @@ from typing import Any
 from batchrun.job import Job
 from batchrun.pricing import PriceBook
 from batchrun.records import Request, Usage
-from batchrun.store import RunStore
+from batchrun.store import RunStore, finished_mask
 from batchrun.sweep import SweepPromptSet, prompt_set
 
 DEFAULT_OUTPUT_TOKENS = 256  # per row, when the job sets no max_tokens: a guess, and said to be one
@@ -72,7 +72,7 @@ class Estimate:
 def estimate_job(job: Job, *, limit: int | None = None, latency_s: float = 2.0) -> Estimate:
     """Read and render the whole prompt set (sending nothing) and add up what the run would take."""
     prompts = prompt_set(job, limit=limit)
-    done = RunStore(job.output_path).finished_ids().implode()
+    done = RunStore(job.output_path).finished_ids()
     prices = PriceBook(
         input=job.pricing.input, output=job.pricing.output, cached_input=job.pricing.cached_input
     )
@@ -82,7 +82,7 @@ def estimate_job(job: Job, *, limit: int | None = None, latency_s: float = 2.0) 
     sources: set[str] = set()
     for piece in prompts.slices():
         rows += piece.frame.height
-        finished = piece.frame.get_column("custom_id").is_in(done).to_list()
+        finished = finished_mask(done, piece.frame.get_column("custom_id"))
         for item, skip in zip(piece.items, finished, strict=True):
             if skip:
                 reused += 1

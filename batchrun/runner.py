@@ -43,7 +43,7 @@ from batchrun.progress import Observer, Snapshot, watch
 from batchrun.providers import Provider, make_provider
 from batchrun.records import Request, Result
 from batchrun.retry import BackoffWait, retrying
-from batchrun.store import RunStore, run_lock
+from batchrun.store import RunStore, finished_mask, run_lock
 from batchrun.structured import as_json, invalid_json_error, wants_json
 from batchrun.summary import Summary, failure_summary, summarize, summary_path, write_summary_json
 from batchrun.sweep import prompt_set, request_models
@@ -309,7 +309,7 @@ class Runner:
         self, requests: MemoryObjectSendStream[Request], results: MemoryObjectSendStream[Result]
     ) -> None:
         async with requests, results:
-            done = self.store.finished_ids().implode()
+            done = self.store.finished_ids()
             frames = self.prompts.frames()
             # Reading (polars, mostly outside the GIL) runs in a worker thread; rendering (Python) runs
             # here a short piece at a time: in a thread it held the GIL for 5 ms turns and slowed every
@@ -336,7 +336,7 @@ class Runner:
 
         False once nothing more should be queued: the run is draining, or every worker has stopped.
         """
-        finished = piece.frame.get_column("custom_id").is_in(done).to_list()
+        finished = finished_mask(done, piece.frame.get_column("custom_id"))
         pending: list[Request] = []
         for item, skip in zip(piece.items, finished, strict=True):
             if skip:

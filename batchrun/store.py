@@ -40,12 +40,20 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-__all__ = ["RESULT_FIELDS", "Assembly", "RunStore", "result_schema", "run_folder", "run_lock"]
+__all__ = [
+    "RESULT_FIELDS",
+    "Assembly",
+    "RunStore",
+    "finished_mask",
+    "result_schema",
+    "run_folder",
+    "run_lock",
+]
 
 JOURNAL = "results.jsonl"
 LOCK = "lock"
 FSYNC_SECONDS = 2.0
-ASSEMBLE_MEMORY_MB = 128  # DuckDB's cap while assembling the output; beyond it, it spills to disk
+ASSEMBLE_MEMORY_MB = 128  # DuckDB's cap for the narrow index of the journal; beyond it, it spills to disk
 ASSEMBLE_MEMORY_MAX_MB = 8192  # ... raised up to this should DuckDB still run out
 INPUT_PART_ROWS = 10_000  # input rows per part file (a sweep writes one file per variant at a time)
 CHUNK_BYTES = 4 << 20  # answers read, parsed and written at a time (one row group, at most an input part)
@@ -89,6 +97,18 @@ def run_lock(output: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def finished_mask(finished: pl.Series, ids: pl.Series) -> list[bool]:
+    """For each of `ids`, whether it is among `finished` (sorted, as `finished_ids` returns it).
+
+    A binary search per id: polars' `is_in` hashed the whole finished set on every call, 0.16 s per
+    1,000-row piece against half a million ids (160 s of CPU in a resumed million-row run); this takes 3 ms.
+    """
+    if finished.is_empty() or ids.is_empty():
+        return [False] * len(ids)
+    at = finished.search_sorted(ids).clip(0, len(finished) - 1)
+    return (finished.gather(at) == ids).fill_null(False).to_list()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +163,8 @@ class RunStore:
             self._fd = None
 
     def finished_ids(self) -> pl.Series:
-        """`custom_id`s with a final answer from earlier runs: ok, or an error a retry cannot fix."""
+        """`custom_id`s with a final answer from earlier runs (ok, or an error a retry cannot fix), sorted:
+        look rows up with `finished_mask`."""
         return self._read_resume()[0]
 
     def spent_usd(self) -> float:
@@ -164,7 +185,7 @@ class RunStore:
             self._create_latest(db)
             ids = db.sql("SELECT custom_id FROM latest WHERE NOT retryable").to_arrow_table()
             (spent,) = db.execute("SELECT coalesce(sum(cost_usd), 0) FROM latest").fetchall()[0]
-        finished = pl.Series("custom_id", ids.column(0), dtype=pl.String)
+        finished = pl.Series("custom_id", ids.column(0), dtype=pl.String).sort()
         self._resume = finished, float(spent)
         return self._resume
 

@@ -196,3 +196,11 @@ def test_unreadable_lines_are_skipped_with_a_warning_naming_each(
         f"line {n} is not a readable result; skipped (its row is sent again)" for n in (2, 3, 4)
     ]
     assert pl.read_parquet(run.assemble())["status"].to_list() == ["ok", "pending", "pending", "ok"]
+
+
+def test_finished_mask_finds_ids_in_the_sorted_finished_set() -> None:
+    """Ids inside, between, before and after the finished ones are told apart, in the ids' own order."""
+    finished = pl.Series(["b", "d", "f"]).sort()
+    ids = pl.Series(["f", "a", "d", "e", "z", "b"])
+    assert store.finished_mask(finished, ids) == [True, False, True, False, False, True]
+    assert store.finished_mask(finished.clear(), ids) == [False] * 6
