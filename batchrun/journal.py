@@ -15,6 +15,7 @@ short) is left out silently; `run` cuts it off when it opens the journal.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 import os
@@ -83,16 +84,15 @@ def index_batches(path: Path) -> Iterator[pa.RecordBatch]:
     narrow = {name: schema[name] for name in INDEX_FIELDS}
     target = index_schema()
     skipped = _Skipped(path)
-    for start, first_line, block in _blocks(path):
-        lengths = [len(line) + 1 for line in block.split(b"\n")[:-1]]
-        offsets = [start]
-        for length in lengths[:-1]:
-            offsets.append(offsets[-1] + length)
-        frame = _parse(block, len(lengths), narrow)
+    first_line = 0
+    for start, block in _blocks(path):
+        lines = block.split(b"\n")[:-1]
+        lengths = [len(line) + 1 for line in lines]
+        offsets = list(itertools.accumulate(lengths[:-1], initial=start))
+        frame = _parse(block, len(lines), narrow)
         if frame is None:  # polars refused the block: read it line by line
-            lines = block.split(b"\n")[:-1]
             rows = [_coerce(_load(line), narrow) for line in lines]
-            frame = pl.DataFrame(rows, schema=narrow, orient="row") if rows else pl.DataFrame(schema=narrow)
+            frame = pl.DataFrame(rows, schema=narrow, orient="row")
         frame = frame.with_columns(
             pl.Series("offset", offsets, dtype=pl.Int64), pl.Series("length", lengths, dtype=pl.Int64)
         )
@@ -101,6 +101,7 @@ def index_batches(path: Path) -> Iterator[pa.RecordBatch]:
             for index in bad.arg_true().to_list():
                 skipped.add(first_line + index)
             frame = frame.filter(~bad)
+        first_line += len(lines)
         yield from frame.select(target.names).to_arrow().cast(target).to_batches()
     skipped.report()
 
@@ -133,25 +134,25 @@ def fetch(fd: int, offsets: Sequence[int], lengths: Sequence[int]) -> pl.DataFra
     return frame
 
 
-def _blocks(path: Path) -> Iterator[tuple[int, int, bytes]]:
-    """(byte offset, 0-based number of its first line, data) of each block of whole lines, in file order."""
+def _blocks(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, data) of each block of whole lines, in file order; a last line without its newline is
+    left out."""
     try:
         file = path.open("rb")
     except FileNotFoundError:
         return
     with file:
-        start = line = 0
-        rest = b""
+        start = 0
+        held: list[bytes] = []  # the start of a line that has not ended yet
         while chunk := file.read(BLOCK_BYTES):
-            data = rest + chunk if rest else chunk
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:  # one line longer than a block: read on until it ends
-                rest = data
+            cut = chunk.rfind(b"\n") + 1
+            if cut == 0:  # a line longer than a block: read on until it ends
+                held.append(chunk)
                 continue
-            block, rest = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
-            yield start, line, block
-            start += cut
-            line += block.count(b"\n")
+            block = b"".join([*held, chunk[:cut]]) if held else chunk[:cut]
+            held = [chunk[cut:]] if cut < len(chunk) else []
+            yield start, block
+            start += len(block)
 
 
 def _parse(data: bytes, count: int, schema: dict[str, Any]) -> pl.DataFrame | None:

@@ -165,7 +165,9 @@ def test_an_interrupted_run_writes_every_row_with_the_rest_pending(
     assert (summary["ok"], summary["failed"], summary["pending"]) == (answered, 0, 40 - answered)
     assert summary["cost_usd"] > 0
     assert "Interrupted" in summary["message"]
-    assert cli("report", job.parent / "out" / "test.parquet").exit_code == 3
+    page = job.parent / "report.html"
+    assert cli("report", job.parent / "out" / "test.parquet", "--html", page).exit_code == 3
+    assert f"{40 - answered:,} pending" in page.read_text()
 
 
 def test_limit_over_a_larger_finished_run_says_what_the_output_leaves_out(
