@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 import httpx
@@ -189,16 +189,28 @@ class Runner:
             self.store.close()
         wall_s = time.monotonic() - started
         if self.stop_reason is not None:
-            # The output of a stopped run holds every input row too: the rows never read are `pending`.
-            await anyio.to_thread.run_sync(self._save_unread_input)
+            await self._write_stopped_output(wall_s)
         output = await anyio.to_thread.run_sync(self.store.assemble)
-        summary = summarize(
+        return summarize(
             output, counters=self.counters, wall_s=wall_s, job=self.job.name, note=self._left_out()
         )
-        if self.stop_reason is not None:
-            saved = f"{summary.ok:,} ok, {summary.failed:,} failed, {summary.pending:,} pending"
-            raise StopRun(f"{self.stop_reason}\nThe output {output} holds every row: {saved}.", summary)
-        return summary
+
+    async def _write_stopped_output(self, wall_s: float) -> NoReturn:
+        """Write the output of a stopped run, every input row in it (the unanswered ones `pending`); raise
+        `StopRun` with its summary. An output that cannot be written (a full disk) is only a warning: what
+        finished is in the journal, and the stop's own reason is what the user must read."""
+        import duckdb
+
+        assert self.stop_reason is not None
+        try:
+            await anyio.to_thread.run_sync(self._save_unread_input)
+            output = await anyio.to_thread.run_sync(self.store.assemble)
+            summary = summarize(output, counters=self.counters, wall_s=wall_s, job=self.job.name)
+        except (OSError, duckdb.Error) as exc:
+            log.warning("the output of the stopped run could not be written: %s", exc)
+            raise StopRun(self.stop_reason) from None
+        saved = f"{summary.ok:,} ok, {summary.failed:,} failed, {summary.pending:,} pending"
+        raise StopRun(f"{self.stop_reason}\nThe output {output} holds every row: {saved}.", summary)
 
     def _save_unread_input(self) -> None:
         """Keep the input rows the producer did not get to, for the output of a stopped run (nothing is sent).
