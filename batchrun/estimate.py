@@ -8,7 +8,7 @@ from typing import Any
 from batchrun.job import Job
 from batchrun.pricing import PriceBook
 from batchrun.records import Request, Usage
-from batchrun.store import RunStore, finished_mask
+from batchrun.store import RunStore
 from batchrun.sweep import SweepPromptSet, prompt_set
 
 DEFAULT_OUTPUT_TOKENS = 256  # per row, when the job sets no max_tokens: a guess, and said to be one
@@ -82,7 +82,7 @@ def estimate_job(job: Job, *, limit: int | None = None, latency_s: float = 2.0) 
     sources: set[str] = set()
     for piece in prompts.slices():
         rows += piece.frame.height
-        finished = finished_mask(done, piece.frame.get_column("custom_id"))
+        finished = done.contains(piece.frame.get_column("custom_id").to_list())
         for item, skip in zip(piece.items, finished, strict=True):
             if skip:
                 reused += 1

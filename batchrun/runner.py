@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import anyio
 import httpx
@@ -43,14 +43,11 @@ from batchrun.progress import Observer, Snapshot, watch
 from batchrun.providers import Provider, make_provider
 from batchrun.records import Request, Result
 from batchrun.retry import BackoffWait, retrying
-from batchrun.store import RunStore, finished_mask, run_lock
+from batchrun.store import FinishedIds, RunStore, run_lock
 from batchrun.structured import as_json, invalid_json_error, wants_json
 from batchrun.summary import Summary, failure_summary, summarize, summary_path, write_summary_json
 from batchrun.sweep import prompt_set, request_models
 from batchrun.transport import Answer, Sender, Timeouts, make_transport
-
-if TYPE_CHECKING:
-    import polars as pl
 
 WRITE_BATCH = 1_000  # results journaled in one write at most
 DRAIN_SECONDS = 30.0  # after an interrupt, how long requests in flight may take to finish
@@ -340,7 +337,7 @@ class Runner:
     async def _feed(
         self,
         piece: Slice,
-        done: pl.Series,
+        done: FinishedIds,
         requests: MemoryObjectSendStream[Request],
         results: MemoryObjectSendStream[Result],
     ) -> bool:
@@ -348,7 +345,7 @@ class Runner:
 
         False once nothing more should be queued: the run is draining, or every worker has stopped.
         """
-        finished = finished_mask(done, piece.frame.get_column("custom_id"))
+        finished = done.contains(piece.frame.get_column("custom_id").to_list())
         pending: list[Request] = []
         for item, skip in zip(piece.items, finished, strict=True):
             if skip:

@@ -229,37 +229,21 @@ def summarize(
     """Aggregate the output file's status, error, token, cost and latency columns.
 
     DuckDB reads only those columns, under a memory cap, a row group at a time: a million-row output is
-    summarized in tens of MB, where polars' group-by with per-group quantiles took 220 MB.
+    summarized in tens of MB, where polars' group-by with per-group quantiles took 220 MB. The latency
+    quantiles are exact; only past the cap (tens of millions of answers) are they estimates.
     """
+    import duckdb
+
     from batchrun import duck
 
-    with duck.connect(SUMMARY_MEMORY_MB) as db:
-        # Columns come from the file alone: a folder named like `model=x` is not a Hive partition here.
-        source = f"read_parquet('{duck.text(output)}', hive_partitioning = false)"
-        names = {row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-        cached = "count(*) FILTER (WHERE cached)" if "cached" in names else "0"
-        (totals,) = _query(db, f"SELECT {_AGGREGATES}, {cached} AS cached FROM {source}")
-        errors = db.execute(
-            f"SELECT coalesce(error_type, 'error'), count(*) FROM {source} WHERE status = 'error' GROUP BY 1"
-        ).fetchall()
-        by_model = _query(
-            db,
-            f"SELECT coalesce(model, '(no reply)') AS name, {_AGGREGATES} FROM {source} "
-            "GROUP BY name ORDER BY name",
-        )
-        by_variant: list[dict[str, Any]] = []
-        if VARIANT_COLUMN in names:
-            # Variants in output order: the order the job's [matrix] lists them.
-            if "file_row_number" in names:  # the input had such a column: number the rows ourselves
-                numbered = f"(SELECT *, row_number() OVER () AS __row FROM {source})"
-            else:
-                with_numbers = f"{source.removesuffix(')')}, file_row_number = true)"
-                numbered = f"(SELECT *, file_row_number AS __row FROM {with_numbers})"
-            by_variant = _query(
-                db,
-                f"SELECT coalesce(CAST({VARIANT_COLUMN} AS VARCHAR), '(none)') AS name, {_AGGREGATES} "
-                f"FROM {numbered} GROUP BY name ORDER BY min(__row)",
-            )
+    try:
+        with duck.connect(SUMMARY_MEMORY_MB) as db:
+            totals, errors, by_model, by_variant = _aggregate(db, output, "quantile_cont")
+    except duckdb.OutOfMemoryException:
+        # Exact quantiles hold every latency (8 bytes an answer): past ~25 million answers they would not
+        # fit the cap. The t-digest's estimates (within about 1%) take a few MB whatever the count.
+        with duck.connect(SUMMARY_MEMORY_MB) as db:
+            totals, errors, by_model, by_variant = _aggregate(db, output, "approx_quantile")
     rows, ok_rows, failed = int(totals["rows"]), int(totals["ok"] or 0), int(totals["failed"] or 0)
     return Summary(
         output=output,
@@ -282,6 +266,42 @@ def summarize(
         job=job,
         note=note,
     )
+
+
+def _aggregate(
+    db: duckdb.DuckDBPyConnection, output: Path, quantile: str
+) -> tuple[dict[str, Any], list[Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The whole file's aggregates, errors by type, and the aggregates by model and by variant."""
+    from batchrun import duck
+
+    aggregates = _AGGREGATES.format(quantile=quantile)
+    # Columns come from the file alone: a folder named like `model=x` is not a Hive partition here.
+    source = f"read_parquet('{duck.text(output)}', hive_partitioning = false)"
+    names = {row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    cached = "count(*) FILTER (WHERE cached)" if "cached" in names else "0"
+    (totals,) = _query(db, f"SELECT {aggregates}, {cached} AS cached FROM {source}")
+    errors = db.execute(
+        f"SELECT coalesce(error_type, 'error'), count(*) FROM {source} WHERE status = 'error' GROUP BY 1"
+    ).fetchall()
+    by_model = _query(
+        db,
+        f"SELECT coalesce(model, '(no reply)') AS name, {aggregates} FROM {source} "
+        "GROUP BY name ORDER BY name",
+    )
+    by_variant: list[dict[str, Any]] = []
+    if VARIANT_COLUMN in names:
+        # Variants in output order: the order the job's [matrix] lists them.
+        if "file_row_number" in names:  # the input had such a column: number the rows ourselves
+            numbered = f"(SELECT *, row_number() OVER () AS __row FROM {source})"
+        else:
+            with_numbers = f"{source.removesuffix(')')}, file_row_number = true)"
+            numbered = f"(SELECT *, file_row_number AS __row FROM {with_numbers})"
+        by_variant = _query(
+            db,
+            f"SELECT coalesce(CAST({VARIANT_COLUMN} AS VARCHAR), '(none)') AS name, {aggregates} "
+            f"FROM {numbered} GROUP BY name ORDER BY min(__row)",
+        )
+    return totals, errors, by_model, by_variant
 
 
 def check_output(output: Path) -> None:
@@ -332,8 +352,7 @@ _AGGREGATES = """
     sum(cost_usd) AS cost_usd,
     count(cost_usd) AS priced,
     count(cost_usd) FILTER (WHERE status = 'ok') AS priced_ok,
-    quantile_cont(latency_s, 0.5) FILTER (WHERE status = 'ok') AS p50,
-    quantile_cont(latency_s, 0.95) FILTER (WHERE status = 'ok') AS p95,
+    {quantile}(latency_s, [0.5, 0.95]) FILTER (WHERE status = 'ok') AS quantiles,
     max(latency_s) FILTER (WHERE status = 'ok') AS max
 """
 
@@ -346,7 +365,8 @@ def _query(db: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
 
 
 def _latency(row: dict[str, Any]) -> Latency:
-    return Latency(p50=row["p50"], p95=row["p95"], max=row["max"])
+    p50, p95 = row["quantiles"] or (None, None)
+    return Latency(p50=p50, p95=p95, max=row["max"])
 
 
 def _groups(rows: list[dict[str, Any]]) -> tuple[Group, ...]:

@@ -12,6 +12,12 @@ from batchrun.records import OUTPUT_COLUMNS, Result
 from batchrun.store import RunStore, result_schema
 
 
+def _finished(run: RunStore, rows: int) -> list[str]:
+    """Which of the test store's ids `finished_ids` holds."""
+    ids = [f"id-{i:05d}" for i in range(rows)]
+    return [i for i, done in zip(ids, run.finished_ids().contains(ids), strict=True) if done]
+
+
 def _store(output: Path, rows: int) -> RunStore:
     """A store whose input has `rows` rows, in two parts, with an awkward column name."""
     run = RunStore(output)
@@ -108,7 +114,7 @@ def test_files_left_by_an_assembly_killed_midway_are_cleared_on_open(tmp_path: P
 def test_resume_reads_the_latest_line_per_row(tmp_path: Path) -> None:
     """Finished rows and the money spent come from each row's latest journal line."""
     run = _store(tmp_path / "out.parquet", 4)
-    assert run.finished_ids().to_list() == []
+    assert len(run.finished_ids()) == 0
     assert run.spent_usd() == 0.0
     run.write_results([Result("id-00000", "error", error_type="rate_limited", retryable=True)])
     run.write_results([Result("id-00000", "ok", cost_usd=0.25), Result("id-00001", "ok", cost_usd=0.5)])
@@ -116,7 +122,7 @@ def test_resume_reads_the_latest_line_per_row(tmp_path: Path) -> None:
     run.write_results([Result("id-00003", "ok", cost_usd=1.0)])
     run.write_results([Result("id-00003", "error", error_type="server_error", retryable=True)])
     run.close()
-    assert sorted(run.finished_ids().to_list()) == ["id-00000", "id-00001", "id-00002"]
+    assert _finished(run, 4) == ["id-00000", "id-00001", "id-00002"]
     assert run.spent_usd() == pytest.approx(0.875)
 
 
@@ -163,7 +169,7 @@ def test_lines_longer_than_a_read_block_are_read_whole(
     out = pl.read_parquet(run.assemble())
 
     assert out["completion"].to_list() == [f"{i}" * 300 for i in range(4)]
-    assert sorted(run.finished_ids().to_list()) == [f"id-{i:05d}" for i in range(4)]
+    assert _finished(run, 4) == [f"id-{i:05d}" for i in range(4)]
 
 
 def test_a_line_with_a_field_of_the_wrong_type_keeps_the_rest_of_its_answer(tmp_path: Path) -> None:
@@ -191,16 +197,31 @@ def test_unreadable_lines_are_skipped_with_a_warning_naming_each(
     run.write_results([Result("id-00003", "ok", completion="three")])
     run.close()
 
-    assert sorted(run.finished_ids().to_list()) == ["id-00000", "id-00003"]
+    assert _finished(run, 4) == ["id-00000", "id-00003"]
     assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
         f"line {n} is not a readable result; skipped (its row is sent again)" for n in (2, 3, 4)
     ]
     assert pl.read_parquet(run.assemble())["status"].to_list() == ["ok", "pending", "pending", "ok"]
 
 
-def test_finished_mask_finds_ids_in_the_sorted_finished_set() -> None:
-    """Ids inside, between, before and after the finished ones are told apart, in the ids' own order."""
-    finished = pl.Series(["b", "d", "f"]).sort()
-    ids = pl.Series(["f", "a", "d", "e", "z", "b"])
-    assert store.finished_mask(finished, ids) == [True, False, True, False, False, True]
-    assert store.finished_mask(finished.clear(), ids) == [False] * 6
+def test_finished_ids_tell_every_id_apart_even_when_digest_halves_agree() -> None:
+    """Ids in and out of the set are told apart, in their own order; equal first halves are searched."""
+    upper = pl.Series([1, 5, 5, 5, 9], dtype=pl.UInt64)
+    lower = pl.Series([7, 1, 2, 3, 0], dtype=pl.UInt64)
+    finished = store.FinishedIds(upper, lower)
+    digests = {"a": (5, 2), "b": (5, 4), "c": (1, 7), "d": (0, 0), "e": (9, 0), "f": (10, 0)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store, "_md5_halves", digests.__getitem__)
+        assert finished.contains(list("fabcde")) == [False, True, False, True, False, True]
+    assert store.FinishedIds(upper.clear(), lower.clear()).contains(["a"]) == [False]
+
+
+def test_digests_of_ids_agree_with_duckdb() -> None:
+    """The digest halves a lookup computes are those DuckDB sorted the finished ids by."""
+    import duckdb
+
+    ids = ["0123456789abcdef0123456789abcdef", "ünïcødé ✓", "", "batch-line-7"]
+    with duckdb.connect() as db:
+        for custom_id in ids:
+            sql = "SELECT md5_number_upper($1), md5_number_lower($1)"
+            assert db.execute(sql, [custom_id]).fetchall()[0] == store._md5_halves(custom_id)
