@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from batchrun import duck, journal
+from batchrun import duck, journal, output_writer
 from batchrun.errors import UsageError
 from batchrun.journal import RESULT_FIELDS, result_schema
 from batchrun.records import OUTPUT_COLUMNS, Result
@@ -38,8 +38,6 @@ from batchrun.records import OUTPUT_COLUMNS, Result
 if TYPE_CHECKING:
     import duckdb
     import polars as pl
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
 __all__ = [
     "RESULT_FIELDS",
@@ -57,14 +55,6 @@ FSYNC_SECONDS = 2.0
 ASSEMBLE_MEMORY_MB = 128  # DuckDB's cap for the narrow index of the journal; beyond it, it spills to disk
 ASSEMBLE_MEMORY_MAX_MB = 8192  # ... raised up to this should DuckDB still run out
 INPUT_PART_ROWS = 10_000  # input rows per part file (a sweep writes one file per variant at a time)
-CHUNK_BYTES = 4 << 20  # answers read, parsed and written at a time (one row group, at most an input part)
-PLACES_BATCH = 65_536  # rows of (offset, length) DuckDB hands over at a time while assembling
-# Answers' long free text: no Parquet dictionary for them (every value differs; trying costs a third of the
-# writing time).
-LONG_TEXT = frozenset(
-    {"custom_id", "completion", "reasoning", "tool_calls", "response_id", "error", "completions", "json"}
-)
-PENDING = "pending"  # the status of a row without an answer yet (the output of a stopped run)
 
 
 def run_folder(output: Path) -> Path:
@@ -298,11 +288,9 @@ class RunStore:
 
         A row without any answer (a stopped run) has `status = "pending"`. Memory stays flat whatever the
         number of rows and the size of the answers: DuckDB finds, under its memory cap and spilling to
-        disk, where each row's answer is in the journal (narrow columns only: ids, offsets, lengths); then
-        one input part at a time is read, its answers are read from the journal by their offsets (the
-        journal is near input order, so mostly in long runs) and parsed, and the two go to the output as
-        one Parquet row group. Should DuckDB still run out of memory, the cap is raised and the assembly
-        run again: a run must never fail at its last step.
+        disk, where each row's answer is in the journal (narrow columns only: ids, offsets, lengths), and
+        `output_writer` writes the output from that a slice at a time. Should DuckDB still run out of
+        memory, the cap is raised and the assembly run again: a run must never fail at its last step.
         """
         self.flush_input()
         inputs = sorted(self.dir.glob("input-*.parquet"))
@@ -333,44 +321,24 @@ class RunStore:
         Two steps, one after the other so that their memory never adds up: DuckDB writes where each output
         row's answer is (`places.tmp`, in output order) and closes; then the output is written from it.
         """
-        import polars as pl
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        schema, input_names = _output_schema(inputs)
-        added = [name for name in schema.names if name not in input_names]
         places = self.dir / "places.tmp"
         with duck.connect(memory_mb, self.dir / "assemble.tmp") as db:
             self._create_latest(db)
             (in_journal,) = db.execute("SELECT count(*) FROM latest WHERE NOT retryable").fetchall()[0]
-            db.register("input_ids", pa.RecordBatchReader.from_batches(_ids_schema(), _input_ids(inputs)))
+            ids = pa.RecordBatchReader.from_batches(
+                output_writer.ids_schema(), output_writer.input_ids(inputs)
+            )
+            db.register("input_ids", ids)
             db.execute(
                 "COPY (SELECT latest.offset, latest.length, latest.retryable FROM input_ids "
                 "LEFT JOIN latest USING (custom_id) ORDER BY input_ids.position) "
                 f"TO '{duck.text(places)}' (FORMAT parquet)"
             )
-        rows = answered = 0
-        stream = _Rows(pq.ParquetFile(places))
-        fd = os.open(self.journal, os.O_RDONLY) if self.journal.is_file() else -1
-        dictionary = [name for name in schema.names if name not in LONG_TEXT]
         try:
-            with pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=dictionary) as writer:
-                for path in inputs:
-                    part = pq.ParquetFile(path).read()
-                    spots = stream.take(part.num_rows)
-                    answered += spots.filter(pl.col("retryable").not_()).height
-                    # A row group per input part, or smaller ones when answers are long.
-                    for start, stop in _chunks(spots.get_column("length").to_list(), CHUNK_BYTES):
-                        results = _results(fd, spots.slice(start, stop - start), added).to_arrow()
-                        piece = part.slice(start, stop - start)
-                        table = pa.Table.from_arrays(
-                            [*piece.columns, *results.columns], names=[*piece.column_names, *added]
-                        )
-                        writer.write_table(table.select(schema.names).cast(schema))
-                    rows += part.num_rows
+            rows, answered = output_writer.write(inputs, places, self.journal, tmp)
         finally:
-            if fd >= 0:
-                os.close(fd)
             places.unlink(missing_ok=True)
         return Assembly(self.output, rows, answered, int(in_journal))
 
@@ -388,99 +356,6 @@ class RunStore:
             tmp.unlink(missing_ok=True)
         self.assembly = Assembly(self.output, 0, 0, 0)
         return self.output
-
-
-def _output_schema(inputs: list[Path]) -> tuple[pa.Schema, list[str]]:
-    """The output's Arrow schema and the input parts' column names.
-
-    The input's columns first (custom_id last among them, or where a batch file has it), then Contract 2's
-    in their fixed order. Parts read in slices may disagree on a type (a column all null in one slice):
-    the types are unified as Arrow promotes them.
-    """
-    import polars as pl
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    inputs_schema = pa.unify_schemas(
-        [pq.ParquetFile(path).schema_arrow for path in inputs], promote_options="permissive"
-    )
-    names = inputs_schema.names
-    results = pl.DataFrame(schema=result_schema()).to_arrow().schema
-    added = [results.field(name) for name in OUTPUT_COLUMNS if name not in names]
-    return pa.schema([*inputs_schema, *added]), names
-
-
-def _ids_schema() -> pa.Schema:
-    import pyarrow as pa
-
-    return pa.schema([("position", pa.int64()), ("custom_id", pa.large_string())])
-
-
-def _input_ids(inputs: list[Path]) -> Iterator[pa.RecordBatch]:
-    """(position in the output, custom_id) of every input row, one part at a time: DuckDB's join input."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = _ids_schema()
-    position = 0
-    for path in inputs:
-        ids = pq.ParquetFile(path).read(columns=["custom_id"]).column(0)
-        positions = pa.array(range(position, position + len(ids)), pa.int64())
-        position += len(ids)
-        yield from pa.Table.from_arrays([positions, ids], names=schema.names).cast(schema).to_batches()
-
-
-def _chunks(lengths: list[int | None], limit: int) -> Iterator[tuple[int, int]]:
-    """(start, stop) of consecutive rows whose answers add up to about `limit` bytes (at least one row)."""
-    start = size = 0
-    for i, length in enumerate(lengths):
-        if size and size + (length or 0) > limit:
-            yield start, i
-            start, size = i, 0
-        size += length or 0
-    if start < len(lengths):
-        yield start, len(lengths)
-
-
-class _Rows:
-    """The rows of a stream of record batches, taken a given number at a time."""
-
-    def __init__(self, file: pq.ParquetFile) -> None:
-        self.schema = file.schema_arrow
-        self.batches = file.iter_batches(PLACES_BATCH)
-        self.held: list[pa.RecordBatch] = []
-        self.held_rows = 0
-
-    def take(self, count: int) -> pl.DataFrame:
-        """The next `count` rows (fewer only if the stream ends)."""
-        import polars as pl
-        import pyarrow as pa
-
-        while self.held_rows < count and (batch := next(self.batches, None)) is not None:
-            self.held.append(batch)
-            self.held_rows += batch.num_rows
-        table = pa.Table.from_batches(self.held, schema=self.schema)
-        taken, rest = table.slice(0, count), table.slice(count)
-        self.held, self.held_rows = rest.to_batches(), rest.num_rows
-        return pl.DataFrame(pl.from_arrow(taken))
-
-
-def _results(fd: int, spots: pl.DataFrame, names: list[str]) -> pl.DataFrame:
-    """Columns `names` of the answers at `spots` (offset, length per output row; null: no answer), in order.
-
-    The lines are read in file order, then put back in the rows' order; a row without one is pending.
-    """
-    import polars as pl
-
-    wanted = spots.with_row_index("row").filter(pl.col("offset").is_not_null()).sort("offset")
-    lines = journal.fetch(fd, wanted.get_column("offset").to_list(), wanted.get_column("length").to_list())
-    answers = lines.select(names).with_columns(wanted.get_column("row"))
-    every = pl.DataFrame({"row": pl.arange(0, spots.height, dtype=pl.UInt32, eager=True)})
-    joined = every.join(answers, on="row", how="left", maintain_order="left")
-    status = pl.when(pl.col("row").is_in(wanted.get_column("row").implode()).not_())
-    return joined.with_columns(
-        status.then(pl.lit(PENDING)).otherwise(pl.col("status")).alias("status")
-    ).select(names)
 
 
 def _publish(tmp: Path, output: Path) -> None:

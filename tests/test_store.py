@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
-from batchrun import journal, store
+from batchrun import journal, output_writer, store
 from batchrun.records import OUTPUT_COLUMNS, Result
 from batchrun.store import RunStore, result_schema
 
@@ -225,3 +226,24 @@ def test_digests_of_ids_agree_with_duckdb() -> None:
         for custom_id in ids:
             sql = "SELECT md5_number_upper($1), md5_number_lower($1)"
             assert db.execute(sql, [custom_id]).fetchall()[0] == store._md5_halves(custom_id)
+
+
+def test_answers_read_in_small_slices_keep_rows_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers read in slices smaller than a part: several row groups, every row still in its place."""
+    monkeypatch.setattr(output_writer, "CHUNK_BYTES", 300)
+    run = _store(tmp_path / "out.parquet", 9)
+    run.write_results(
+        [Result(f"id-{i:05d}", "ok", completion=f"answer {i} " * 10) for i in (8, 1, 0, 3, 5, 2, 7)]
+    )
+    run.close()
+
+    out = run.assemble()
+
+    frame = pl.read_parquet(out)
+    assert frame["custom_id"].to_list() == [f"id-{i:05d}" for i in range(9)]
+    expected = [None if i in (4, 6) else f"answer {i} " * 10 for i in range(9)]
+    assert frame["completion"].to_list() == expected
+    assert frame["status"].to_list() == ["pending" if i in (4, 6) else "ok" for i in range(9)]
+    assert pq.ParquetFile(out).num_row_groups > 2
