@@ -16,7 +16,6 @@ renamed: a reader never sees half a file.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -74,9 +73,7 @@ def run_lock(output: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(fd):
             pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             raise UsageError(
                 f"{folder} is in use by another batchrun run (pid {pid if pid.isdigit() else 'unknown'}): "
@@ -136,6 +133,17 @@ def _md5_halves(custom_id: str) -> tuple[int, int]:
     """A custom_id's MD5 as two unsigned 64-bit halves, as DuckDB's md5_number_upper/_lower give them."""
     digest = hashlib.md5(custom_id.encode("utf-8", "surrogatepass"), usedforsecurity=False).digest()
     return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
+
+
+def _lock(fd: int) -> bool:
+    """flock the open file `fd` for this process; False at once when another process holds it (POSIX)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
