@@ -187,3 +187,30 @@ def test_limit_over_a_larger_finished_run_says_what_the_output_leaves_out(
     full = cli("run", job)
     assert "note:" not in full.stdout
     assert pl.read_parquet(job.parent / "out" / "test.parquet").height == 40
+
+
+def test_a_sweep_stopped_by_its_budget_writes_every_row_of_every_variant(
+    emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+) -> None:
+    """The budget stops a two-variant sweep: 80 rows in variant order, the unsent ones pending in both."""
+    server = emulator()
+    extra = '\n[pricing]\ninput = 1000\noutput = 1000\n\n[matrix]\nmodel = ["qwen3-max", "qwen-max"]\n'
+    job = write_job(server.base_url, extra)
+
+    result = cli("run", job, "--set", "limits.max_cost_usd=1.0", "--set", "limits.concurrency=2")
+
+    assert result.exit_code == 3, result.stderr
+    out = pl.read_parquet(job.parent / "out" / "test.parquet")
+    ids = pl.read_ndjson(reviews)["id"].to_list()
+    assert out["id"].to_list() == ids + ids
+    assert out["variant"].to_list() == ["model=qwen3-max"] * 40 + ["model=qwen-max"] * 40
+    answered = sum(server.emulator.answered.values())
+    assert out["status"].value_counts().sort("status").rows() == [
+        ("ok", answered),
+        ("pending", 80 - answered),
+    ]
+    summary = json.loads((job.parent / "out" / "test.summary.json").read_text())
+    assert [v["pending"] for v in summary["variants"]] == [
+        out.filter((pl.col("variant") == v) & (pl.col("status") == "pending")).height
+        for v in ("model=qwen3-max", "model=qwen-max")
+    ]
