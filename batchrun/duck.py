@@ -36,8 +36,3 @@ def connect(memory_mb: int, spill: Path | None = None) -> Iterator[duckdb.DuckDB
 def text(path: Path) -> str:
     """A path inside a single-quoted SQL string."""
     return str(path).replace("'", "''")
-
-
-def quoted(name: str) -> str:
-    """A column name as an identifier, whatever characters the input's columns hold."""
-    return '"' + name.replace('"', '""') + '"'

@@ -21,6 +21,10 @@ from __future__ import annotations
 import enum
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batchrun.summary import Summary
 
 EXIT_INTERNAL = 4
 """The exit code of an unexpected exception: a bug in batchrun, not a mistake of the user's."""
@@ -57,9 +61,16 @@ class InputError(UsageError):
 
 
 class StopRun(BatchrunError):
-    """The run stopped early; what finished is saved and a rerun resumes (exit 3)."""
+    """The run stopped early; what finished is saved and a rerun resumes (exit 3).
+
+    `summary` is what the output written at the stop holds (None when none was written).
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, summary: Summary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class ErrorClass(enum.Enum):

@@ -74,7 +74,7 @@ def estimate_job(job: Job, *, limit: int | None = None, latency_s: float = 2.0) 
     """Read and render the whole prompt set (sending nothing) and add up what the run would take."""
     prompts = prompt_set(job, limit=limit)
     check_input(prompts).enforce()  # the run's own check: bad rows stop an estimate as they stop a run
-    done = RunStore(job.output_path).finished_ids().implode()
+    done = RunStore(job.output_path).finished_ids()
     prices = PriceBook(
         input=job.pricing.input, output=job.pricing.output, cached_input=job.pricing.cached_input
     )
@@ -84,7 +84,7 @@ def estimate_job(job: Job, *, limit: int | None = None, latency_s: float = 2.0) 
     sources: set[str] = set()
     for piece in prompts.slices():
         rows += piece.frame.height
-        finished = piece.frame.get_column("custom_id").is_in(done).to_list()
+        finished = done.contains(piece.frame.get_column("custom_id").to_list())
         for item, skip in zip(piece.items, finished, strict=True):
             if skip:
                 reused += 1

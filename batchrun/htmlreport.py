@@ -35,14 +35,15 @@ def render(report: Report) -> str:
     """The page as one string."""
     s = report.summary
     title = f"batchrun report: {s.job or s.output.name}"
-    state = "ok" if s.failed == 0 else "failed"
+    state = "ok" if s.exit_code == 0 else "failed"
+    pending = f", {s.pending:,} pending" if s.pending else ""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        f'<p>{escape(str(s.output))}: <b class="{state}">{s.ok:,} ok, {s.failed:,} failed</b> of {s.rows:,} '
-        "rows</p>",
+        f'<p>{escape(str(s.output))}: <b class="{state}">{s.ok:,} ok, {s.failed:,} failed{pending}</b> of '
+        f"{s.rows:,} rows</p>",
         _summary_table(report),
         "<h2>Latency of answered requests</h2>",
         _histogram(report.histogram) if report.histogram else "<p>No answered request to measure.</p>",
@@ -64,6 +65,7 @@ def _summary_table(report: Report) -> str:
         ("rows", f"{s.rows:,}"),
         ("ok", f"{s.ok:,}"),
         ("failed", f"{s.failed:,}"),
+        *([("pending (the run stopped early)", f"{s.pending:,}")] if s.pending else []),
         ("errors by type", errors),
         ("tokens in / out", f"{s.prompt_tokens:,} / {s.completion_tokens:,}"),
         ("cost", _money(s.cost_usd)),

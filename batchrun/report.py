@@ -57,7 +57,7 @@ class Report:
                 error = (row.get("error") or "").replace("\n", " ")
                 if len(error) > ERROR_WIDTH:
                     error = error[: ERROR_WIDTH - 1] + "…"
-                kind = row.get("error_type") or "not_run"
+                kind = row.get("error_type") or "error"
                 lines.append(f"{where}: {kind}{status}, {row.get('attempts') or 0} attempts: {error}")
         return lines
 
@@ -73,18 +73,18 @@ def build_report(output: Path, *, failed: int = 5) -> Report:
 
 
 def failed_rows(output: Path, count: int) -> list[dict[str, Any]]:
-    """The first `count` rows whose status is not ok, in output order, with their error columns."""
+    """The first `count` rows that failed (`status = "error"`; not the pending rows of a stopped run), in
+    output order, with their error columns."""
     import polars as pl
 
     if count <= 0:
         return []
-    frame = pl.scan_parquet(output)
+    frame = pl.scan_parquet(output, hive_partitioning=False)
     names = frame.collect_schema().names()
     columns = [c for c in FAILED_COLUMNS if c in names]
     if VARIANT_COLUMN in names:
         columns.insert(1, VARIANT_COLUMN)
-    status = pl.col("status")
-    picked = frame.filter((status != "ok") | status.is_null()).select(columns).head(count).collect()
+    picked = frame.filter(pl.col("status") == "error").select(columns).head(count).collect()
     return picked.to_dicts()
 
 
@@ -93,7 +93,7 @@ def latency_histogram(output: Path, bins: int = HISTOGRAM_BINS) -> list[Bin]:
     import polars as pl
 
     latency = (
-        pl.scan_parquet(output)
+        pl.scan_parquet(output, hive_partitioning=False)
         .filter((pl.col("status") == "ok") & pl.col("latency_s").is_not_null())
         .select("latency_s")
     )

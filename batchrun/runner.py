@@ -13,13 +13,14 @@ producer and the workers, never the writer: what finished is always journaled.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import signal
 import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, NoReturn
 
 import anyio
 import httpx
@@ -53,15 +54,12 @@ from batchrun.providers import Provider, make_provider
 from batchrun.records import Request, Result
 from batchrun.redact import hiding, redact_data, secrets_of
 from batchrun.retry import BAD_RESPONSE_TRIES, BackoffWait, final, retrying
-from batchrun.store import RunStore
+from batchrun.store import FinishedIds, RunStore, run_lock
 from batchrun.structured import as_json, invalid_json_error, wants_json
 from batchrun.summary import Summary, failure_summary, summarize, summary_path, write_summary_json
 from batchrun.sweep import prompt_set, request_models
 from batchrun.transport import Answer, Sender, Timeouts, make_transport
 from batchrun.validate import check_input
-
-if TYPE_CHECKING:
-    import polars as pl
 
 WRITE_BATCH = 1_000  # results journaled in one write at most
 DRAIN_SECONDS = 30.0  # after an interrupt, how long requests in flight may take to finish
@@ -91,19 +89,28 @@ def run_job(
     key = read_key(provider.api_key_env) if provider.api_key_env else None
     # Every string from a reply, and every message, is redacted of these while the run lasts.
     with hiding(secrets_of(key, provider.base_url, provider.headers)):
-        try:
-            summary = anyio.run(
-                _run_async, job, limit, fresh, transport, tuple(observers), backend_options=_loop_options()
-            )
-        except BatchrunError as exc:
-            outcome = failure_summary(job.name, job.output_path, exc.exit_code, str(exc))
-            _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
-            raise
-        except Exception as exc:
-            message = f"internal error (a bug in batchrun): {type(exc).__name__}: {exc}"
-            outcome = failure_summary(job.name, job.output_path, EXIT_INTERNAL, message[:2000])
-            _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
-            raise
+        with run_lock(job.output_path):  # before anything else: a second run of the job exits 2 at once
+            try:
+                summary = anyio.run(
+                    _run_async,
+                    job,
+                    limit,
+                    fresh,
+                    transport,
+                    tuple(observers),
+                    backend_options=_loop_options(),
+                )
+            except BatchrunError as exc:
+                outcome = failure_summary(job.name, job.output_path, exc.exit_code, str(exc))
+                if isinstance(exc, StopRun) and exc.summary is not None:
+                    outcome = exc.summary.as_dict() | outcome  # what the stopped run saved, and why
+                _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
+                raise
+            except Exception as exc:
+                message = f"internal error (a bug in batchrun): {type(exc).__name__}: {exc}"
+                outcome = failure_summary(job.name, job.output_path, EXIT_INTERNAL, message[:2000])
+                _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
+                raise
         _write_summary(job, summary.as_dict() | {"started_at": started, "ended_at": _now()})
     return summary
 
@@ -209,6 +216,7 @@ class Runner:
         self.stop_reason: str | None = None
         self._draining = False  # no new requests: an interrupt or the budget; those in flight finish
         self._to_cache: list[tuple[str, Result]] = []  # answers the writer stores in the cache
+        self._input_saved = (0, 0)  # input batches written to the store, and pieces of the next one
 
     async def run(self, *, fresh: bool = False, transport: httpx.AsyncBaseTransport | None = None) -> Summary:
         """Send, journal, assemble the output; return the summary. Raises `StopRun` on an early stop."""
@@ -225,9 +233,56 @@ class Runner:
             self.store.close()
         wall_s = time.monotonic() - started
         if self.stop_reason is not None:
-            raise StopRun(self.stop_reason)
+            await self._write_stopped_output(wall_s)
         output = await anyio.to_thread.run_sync(self.store.assemble)
-        return summarize(output, counters=self.counters, wall_s=wall_s, job=self.job.name)
+        return summarize(
+            output, counters=self.counters, wall_s=wall_s, job=self.job.name, note=self._left_out()
+        )
+
+    async def _write_stopped_output(self, wall_s: float) -> NoReturn:
+        """Write the output of a stopped run, every input row in it (the unanswered ones `pending`); raise
+        `StopRun` with its summary. An output that cannot be written (a full disk) is only a warning: what
+        finished is in the journal, and the stop's own reason is what the user must read."""
+        import duckdb
+
+        assert self.stop_reason is not None
+        try:
+            await anyio.to_thread.run_sync(self._save_unread_input)
+            output = await anyio.to_thread.run_sync(self.store.assemble)
+            summary = summarize(output, counters=self.counters, wall_s=wall_s, job=self.job.name)
+        except (OSError, duckdb.Error) as exc:
+            log.warning("the output of the stopped run could not be written: %s", exc)
+            raise StopRun(self.stop_reason) from None
+        saved = f"{summary.ok:,} ok, {summary.failed:,} failed, {summary.pending:,} pending"
+        raise StopRun(f"{self.stop_reason}\nThe output {output} holds every row: {saved}.", summary)
+
+    def _save_unread_input(self) -> None:
+        """Keep the input rows the producer did not get to, for the output of a stopped run (nothing is sent).
+
+        The producer counts the batches it finished and the pieces of the batch it was on; the input is read
+        again from its start, skipping those, and the rest is rendered only to name its rows.
+        """
+        done_batches, done_pieces = self._input_saved
+        for index, batch in enumerate(self.prompts.batches()):
+            if index < done_batches:
+                continue
+            pieces = self.prompts.render_batch(batch)
+            for piece in itertools.islice(pieces, done_pieces if index == done_batches else 0, None):
+                self.store.write_input(piece.frame, piece.part)
+
+    def _left_out(self) -> str | None:
+        """A note when the output leaves out answers the journal holds (`--limit` after a larger run)."""
+        assembly = self.store.assembly
+        if (
+            self.prompts.limit is None
+            or assembly is None
+            or assembly.answered_in_journal <= assembly.answered
+        ):
+            return None
+        return (
+            f"output holds {assembly.answered:,} of {assembly.answered_in_journal:,} answered rows; "
+            "rerun without --limit to write all; nothing is resent"
+        )
 
     def snapshot(self) -> Snapshot:
         """The run's counters and limiter state now, for a progress display (read-only, cheap)."""
@@ -310,7 +365,7 @@ class Runner:
         self, requests: MemoryObjectSendStream[Request], results: MemoryObjectSendStream[Result]
     ) -> None:
         async with requests, results:
-            done = self.store.finished_ids().implode()
+            done = self.store.finished_ids()
             batches = self.prompts.batches()
             # Reading (polars, mostly outside the GIL) runs in a worker thread; rendering (Python) runs
             # here a short piece at a time: in a thread it held the GIL for 5 ms turns and slowed every
@@ -320,14 +375,16 @@ class Runner:
                     if self._draining:
                         return  # stopping: render and queue nothing more
                     self.store.write_input(piece.frame, piece.part)
+                    self._input_saved = (self._input_saved[0], self._input_saved[1] + 1)
                     if not await self._feed(piece, done, requests, results):
                         return
                     await checkpoint()  # the workers start on this piece before the next
+                self._input_saved = (self._input_saved[0] + 1, 0)
 
     async def _feed(
         self,
         piece: Slice,
-        done: pl.Series,
+        done: FinishedIds,
         requests: MemoryObjectSendStream[Request],
         results: MemoryObjectSendStream[Result],
     ) -> bool:
@@ -335,7 +392,7 @@ class Runner:
 
         False once nothing more should be queued: the run is draining, or every worker has stopped.
         """
-        finished = piece.frame.get_column("custom_id").is_in(done).to_list()
+        finished = done.contains(piece.frame.get_column("custom_id").to_list())
         pending: list[Request] = []
         for item, skip in zip(piece.items, finished, strict=True):
             if skip:

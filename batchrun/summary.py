@@ -59,11 +59,12 @@ class Group:
     completion_tokens: int
     cost_usd: float | None
     latency: Latency
+    failed: int = 0  # rows that failed; the rest of those not ok are pending (a stopped run)
 
     @property
-    def failed(self) -> int:
-        """Rows without an answer."""
-        return self.rows - self.ok
+    def pending(self) -> int:
+        """Rows without an answer yet."""
+        return self.rows - self.ok - self.failed
 
     @property
     def ok_rate(self) -> float:
@@ -77,6 +78,7 @@ class Group:
             "rows": self.rows,
             "ok": self.ok,
             "failed": self.failed,
+            "pending": self.pending,
             "ok_rate": round(self.ok_rate, 4),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -96,6 +98,7 @@ class Summary:
     ok: int
     failed: int
     errors: dict[str, int] = field(default_factory=dict)
+    pending: int = 0  # rows without an answer yet: the output of a stopped run
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = None
@@ -108,10 +111,13 @@ class Summary:
     by_model: tuple[Group, ...] = ()
     by_variant: tuple[Group, ...] = ()  # a sweep's variants in output order; () without a `variant` column
     job: str | None = None
+    note: str | None = None  # what a user should know about the output (rows it leaves out)
 
     @property
     def exit_code(self) -> int:
-        """Contract 3: 0 when every row is ok, 1 when some failed."""
+        """Contract 3: 0 when every row is ok, 1 when some failed, 3 when some are pending (a stopped run)."""
+        if self.pending:
+            return 3
         return 0 if self.failed == 0 else 1
 
     @property
@@ -127,11 +133,12 @@ class Summary:
         return {
             "job": self.job,
             "output": str(self.output),
-            "status": "ok" if self.failed == 0 else "failed",
+            "status": {0: "ok", 1: "failed"}.get(self.exit_code, "stopped"),
             "exit_code": self.exit_code,
             "rows": self.rows,
             "ok": self.ok,
             "failed": self.failed,
+            "pending": self.pending,
             "errors": self.errors,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -146,6 +153,7 @@ class Summary:
             "by_model": [g.as_dict("model") for g in self.by_model],
             # Only for a sweep, as `batchrun.compare` had it: scripts test for the key.
             **({"variants": [g.as_dict("variant") for g in self.by_variant]} if self.by_variant else {}),
+            **({"note": self.note} if self.note else {}),
         }
 
     def lines(self) -> list[str]:
@@ -159,6 +167,8 @@ class Summary:
             cost = f"${self.cost_usd:,.4f}"
             if self.rows_without_cost:
                 cost += f" (+ {self.rows_without_cost:,} ok rows with no known price)"
+        if self.pending:
+            failed += f", {self.pending:,} pending"
         reused = f", {self.reused:,} answered by an earlier run" if self.reused else ""
         reused += f", {self.cached:,} from the cache" if self.cached else ""
         lines = [
@@ -178,6 +188,8 @@ class Summary:
             )
         if self.by_variant:
             lines += variant_table(self.by_variant)
+        if self.note:
+            lines.append(f"note:    {self.note}")
         return lines
 
 
@@ -212,46 +224,33 @@ def summarize(
     counters: Counters | None = None,
     wall_s: float | None = None,
     job: str | None = None,
+    note: str | None = None,
 ) -> Summary:
     """Aggregate the output file's status, error, token, cost and latency columns.
 
     DuckDB reads only those columns, under a memory cap, a row group at a time: a million-row output is
-    summarized in tens of MB, where polars' group-by with per-group quantiles took 220 MB.
+    summarized in tens of MB, where polars' group-by with per-group quantiles took 220 MB. The latency
+    quantiles are exact; only past the cap (tens of millions of answers) are they estimates.
     """
+    import duckdb
+
     from batchrun import duck
 
-    with duck.connect(SUMMARY_MEMORY_MB) as db:
-        source = f"read_parquet('{duck.text(output)}')"
-        names = {row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-        cached = "count(*) FILTER (WHERE cached)" if "cached" in names else "0"
-        (totals,) = _query(db, f"SELECT {_AGGREGATES}, {cached} AS cached FROM {source}")
-        errors = db.execute(
-            f"SELECT coalesce(error_type, 'not_run'), count(*) FROM {source} "
-            "WHERE status IS DISTINCT FROM 'ok' GROUP BY 1"
-        ).fetchall()
-        by_model = _query(
-            db,
-            f"SELECT coalesce(model, '(no reply)') AS name, {_AGGREGATES} FROM {source} "
-            "GROUP BY name ORDER BY name",
-        )
-        by_variant: list[dict[str, Any]] = []
-        if VARIANT_COLUMN in names:
-            # Variants in output order: the order the job's [matrix] lists them.
-            if "file_row_number" in names:  # the input had such a column: number the rows ourselves
-                numbered = f"(SELECT *, row_number() OVER () AS __row FROM {source})"
-            else:
-                numbered = f"(SELECT *, file_row_number AS __row FROM {source[:-1]}, file_row_number = true))"
-            by_variant = _query(
-                db,
-                f"SELECT coalesce(CAST({VARIANT_COLUMN} AS VARCHAR), '(none)') AS name, {_AGGREGATES} "
-                f"FROM {numbered} GROUP BY name ORDER BY min(__row)",
-            )
-    rows, ok_rows = int(totals["rows"]), int(totals["ok"] or 0)
+    try:
+        with duck.connect(SUMMARY_MEMORY_MB) as db:
+            totals, errors, by_model, by_variant = _aggregate(db, output, "quantile_cont")
+    except duckdb.OutOfMemoryException:
+        # Exact quantiles hold every latency (8 bytes an answer): past ~25 million answers they would not
+        # fit the cap. The t-digest's estimates (within about 1%) take a few MB whatever the count.
+        with duck.connect(SUMMARY_MEMORY_MB) as db:
+            totals, errors, by_model, by_variant = _aggregate(db, output, "approx_quantile")
+    rows, ok_rows, failed = int(totals["rows"]), int(totals["ok"] or 0), int(totals["failed"] or 0)
     return Summary(
         output=output,
         rows=rows,
         ok=ok_rows,
-        failed=rows - ok_rows,
+        failed=failed,
+        pending=rows - ok_rows - failed,
         errors={str(k): int(v) for k, v in errors},
         prompt_tokens=int(totals["prompt_tokens"] or 0),
         completion_tokens=int(totals["completion_tokens"] or 0),
@@ -265,7 +264,44 @@ def summarize(
         by_model=_groups(by_model),
         by_variant=_groups(by_variant),
         job=job,
+        note=note,
     )
+
+
+def _aggregate(
+    db: duckdb.DuckDBPyConnection, output: Path, quantile: str
+) -> tuple[dict[str, Any], list[Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The whole file's aggregates, errors by type, and the aggregates by model and by variant."""
+    from batchrun import duck
+
+    aggregates = _AGGREGATES.format(quantile=quantile)
+    # Columns come from the file alone: a folder named like `model=x` is not a Hive partition here.
+    source = f"read_parquet('{duck.text(output)}', hive_partitioning = false)"
+    names = {row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    cached = "count(*) FILTER (WHERE cached)" if "cached" in names else "0"
+    (totals,) = _query(db, f"SELECT {aggregates}, {cached} AS cached FROM {source}")
+    errors = db.execute(
+        f"SELECT coalesce(error_type, 'error'), count(*) FROM {source} WHERE status = 'error' GROUP BY 1"
+    ).fetchall()
+    by_model = _query(
+        db,
+        f"SELECT coalesce(model, '(no reply)') AS name, {aggregates} FROM {source} "
+        "GROUP BY name ORDER BY name",
+    )
+    by_variant: list[dict[str, Any]] = []
+    if VARIANT_COLUMN in names:
+        # Variants in output order: the order the job's [matrix] lists them.
+        if "file_row_number" in names:  # the input had such a column: number the rows ourselves
+            numbered = f"(SELECT *, row_number() OVER () AS __row FROM {source})"
+        else:
+            with_numbers = f"{source.removesuffix(')')}, file_row_number = true)"
+            numbered = f"(SELECT *, file_row_number AS __row FROM {with_numbers})"
+        by_variant = _query(
+            db,
+            f"SELECT coalesce(CAST({VARIANT_COLUMN} AS VARCHAR), '(none)') AS name, {aggregates} "
+            f"FROM {numbered} GROUP BY name ORDER BY min(__row)",
+        )
+    return totals, errors, by_model, by_variant
 
 
 def check_output(output: Path) -> None:
@@ -277,7 +313,7 @@ def check_output(output: Path) -> None:
     if not output.is_file():
         raise UsageError(f"{output}: no such file")
     try:
-        names = pl.scan_parquet(output).collect_schema().names()
+        names = pl.scan_parquet(output, hive_partitioning=False).collect_schema().names()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise UsageError(f"{output}: cannot read it as Parquet: {exc}") from None
     missing = [c for c in (*NEEDED_COLUMNS, "model") if c not in names]
@@ -310,13 +346,13 @@ def write_text_atomic(path: Path, text: str) -> None:
 _AGGREGATES = """
     count(*) AS rows,
     count(*) FILTER (WHERE status = 'ok') AS ok,
+    count(*) FILTER (WHERE status = 'error') AS failed,
     sum(prompt_tokens) AS prompt_tokens,
     sum(completion_tokens) AS completion_tokens,
     sum(cost_usd) AS cost_usd,
     count(cost_usd) AS priced,
     count(cost_usd) FILTER (WHERE status = 'ok') AS priced_ok,
-    quantile_cont(latency_s, 0.5) FILTER (WHERE status = 'ok') AS p50,
-    quantile_cont(latency_s, 0.95) FILTER (WHERE status = 'ok') AS p95,
+    {quantile}(latency_s, [0.5, 0.95]) FILTER (WHERE status = 'ok') AS quantiles,
     max(latency_s) FILTER (WHERE status = 'ok') AS max
 """
 
@@ -329,7 +365,8 @@ def _query(db: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
 
 
 def _latency(row: dict[str, Any]) -> Latency:
-    return Latency(p50=row["p50"], p95=row["p95"], max=row["max"])
+    p50, p95 = row["quantiles"] or (None, None)
+    return Latency(p50=p50, p95=p95, max=row["max"])
 
 
 def _groups(rows: list[dict[str, Any]]) -> tuple[Group, ...]:
@@ -342,6 +379,7 @@ def _groups(rows: list[dict[str, Any]]) -> tuple[Group, ...]:
             completion_tokens=int(row["completion_tokens"] or 0),
             cost_usd=float(row["cost_usd"]) if row["priced"] else None,
             latency=_latency(row),
+            failed=int(row["failed"] or 0),
         )
         for row in rows
     )

@@ -1,24 +1,27 @@
-"""Memory benchmark: does a big prompt set run to the end in flat, bounded memory?
+"""Memory benchmark: does a big prompt set run to the end in flat, bounded memory, sending and assembling?
 
 For each row count N this script
 
 1. writes a prompt set of N short review-like texts (100-600 characters, with an `id`) as JSONL,
-2. starts `python -m batchrun emulate` (latency 0) as a separate process on a free loopback port,
-3. runs `python -m batchrun run JOB --json` against it as a subprocess while polling the child's
-   `/proc/<pid>/status` (VmRSS, VmHWM) and counting lines of its journal (`OUT.parquet.run/results.jsonl`)
-   every 0.2 s, then reaps it with `os.wait4` for its own `ru_maxrss`,
-4. checks the output Parquet (N rows, every status `ok`),
+2. starts the lean local server (`fastserver.py`, latency 0) with replies of realistic size: a completion of
+   `--completion-bytes` (2,048 by default), the full usage object with its `*_details`, and reasoning text
+   (half the completion's size) in every `--reasoning-every`th reply (10),
+3. runs `python -m batchrun run JOB --json` against it as a subprocess, sampling the child's
+   `/proc/<pid>/status` and counting its journal's lines every 0.2 s. The moment the journal holds every
+   row, sending is over: the child's VmHWM then is the peak while sending, and it is reset (`clear_refs`),
+   so the `ru_maxrss` that `os.wait4` reaps is the peak of the assembly (output and summary) alone,
+4. checks the output Parquet (N rows, every status `ok`);
 
-and prints one table line per N: wall time, rows/s, peak RSS, RSS at 25/50/75 % of the rows journaled,
-and the peak of the tail after the last row was journaled (closing the journal, assembling the output,
-the summary). The ratio of the largest run's peak to the smallest one's says whether memory grows with
-the row count.
+and, with `--resume` (on by default), runs the same job again from scratch, kills it (SIGKILL) once half the
+rows are journaled, and resumes it: the resumed run's peaks and the end-to-end time of both are printed too.
+A line per run gives wall time, rows/s, the sending and assembly peaks, the assembly's time, the journal's
+and output's sizes.
 
-    python benchmarks/memory.py                       # 100,000 and 1,000,000 rows
-    python benchmarks/memory.py --rows 10000          # a quick check
-    python benchmarks/memory.py --concurrency 64 --keep
+    python benchmarks/memory.py                                   # 100,000 and 1,000,000 rows, 2 KB replies
+    python benchmarks/memory.py --rows 10000 --no-resume          # a quick check
+    python benchmarks/memory.py --completion-bytes 0              # the short replies of earlier benchmarks
 
-Linux only (it reads `/proc`). Everything happens in a temporary folder, removed at the end unless
+Linux only (it reads and writes `/proc`). Everything happens in a temporary folder, removed at the end unless
 `--keep` is given. Proxy variables are dropped from the children's environment: traffic stays on 127.0.0.1.
 """
 
@@ -39,17 +42,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+HERE = Path(__file__).resolve().parent
 POLL_S = 0.2  # how often the child's memory and the journal are sampled
 CHUNK_ROWS = 50_000  # rows generated and written at a time
-EMULATOR_START_S = 30.0  # how long the emulator may take to print its address
+SERVER_START_S = 30.0  # how long the server may take to print its address
 MIB = 1024  # /proc and ru_maxrss speak KiB
-FRACTIONS = (0.25, 0.50, 0.75)
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-SERVING = re.compile(r"serving at (http://\S+/v1)")
+LISTENING = re.compile(r"listening on (http://\S+/v1)")
 
 # A small grammar of product reviews: an opener, a few remarks, a closer.
 PRODUCTS = (
@@ -107,42 +110,45 @@ CLOSERS = (
 
 
 @dataclass(slots=True)
-class Sample:
-    """One look at the running batchrun process."""
+class Phase:
+    """One batchrun process: how long it ran and its memory while sending and while assembling."""
 
-    t: float  # seconds since the run started
-    rows_done: int  # lines in the journal
-    rss_kib: int
-    hwm_kib: int
+    exit_code: int
+    wall_s: float
+    cpu_s: float
+    send_peak_kib: int  # VmHWM when the journal first held every row (or at the kill)
+    assembly_peak_kib: int | None  # ru_maxrss after VmHWM was reset at that moment; None: killed first
+    assembly_s: float | None  # from a complete journal to exit
+    server_hwm_kib: int
 
 
 @dataclass(slots=True)
 class RunResult:
-    """What one run of N rows measured."""
+    """What one scenario of N rows measured: a fresh run, or a run killed halfway and resumed."""
 
     rows: int
-    exit_code: int
-    wall_s: float
-    peak_kib: int  # the larger of the last VmHWM seen and ru_maxrss
-    hwm_kib: int  # the last VmHWM read from /proc
-    maxrss_kib: int  # ru_maxrss from os.wait4
-    cpu_s: float
-    rss_at: dict[float, int | None]  # VmRSS when the journal first held that share of the rows
-    send_peak_kib: int  # VmHWM when the journal was last seen incomplete
-    tail_peak_kib: int  # the largest VmRSS sampled once the journal was complete
-    tail_s: float | None  # seconds from a complete journal to exit
-    emulator_hwm_kib: int
+    scenario: str  # "fresh" or "resumed"
+    phases: list[Phase]
     out_rows: int
     out_ok: int
     journal_mib: float
     output_mib: float
     summary: dict[str, Any] = field(default_factory=dict)
-    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def last(self) -> Phase:
+        """The run that finished."""
+        return self.phases[-1]
+
+    @property
+    def wall_s(self) -> float:
+        """End to end: every process's wall time added up."""
+        return sum(p.wall_s for p in self.phases)
 
     @property
     def output_ok(self) -> bool:
         """True when the output has every row and every row is ok."""
-        return self.exit_code == 0 and self.out_rows == self.rows and self.out_ok == self.rows
+        return self.last.exit_code == 0 and self.out_rows == self.rows and self.out_ok == self.rows
 
 
 # -- the prompt set ----------------------------------------------------------------------------------
@@ -179,7 +185,7 @@ def write_prompts(path: Path, rows: int, seed: int = 7) -> None:
 
 
 def write_job(path: Path, prompts: Path, output: Path, base_url: str, concurrency: int) -> None:
-    """A job over the `text` column against the emulator (JSON strings are valid TOML basic strings)."""
+    """A job over the `text` column against the local server (JSON strings are valid TOML basic strings)."""
     template = "Review: {text}\nAnswer with one word: positive, negative or mixed."
     path.write_text(
         f"""name = "memory-bench"
@@ -235,6 +241,16 @@ def proc_memory(pid: int) -> tuple[int, int] | None:
     return values["VmRSS"], values["VmHWM"]
 
 
+def reset_peak(pid: int) -> bool:
+    """Reset the process's VmHWM (and so the ru_maxrss it exits with) to its current RSS."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
     """Terminate `proc` if it still runs, wait for it, kill it if it will not go."""
     if proc.poll() is None:
@@ -247,29 +263,21 @@ def stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def emulator(folder: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Run `python -m batchrun emulate --port 0` (latency 0); yield its base URL and process.
-
-    The address comes from the line the emulator prints; the process is stopped on the way out, error or
-    Ctrl+C included.
-    """
-    log = folder / "emulator.log"
-    cmd = [sys.executable, "-m", "batchrun", "emulate", "--host", "127.0.0.1", "--port", "0"]
+def server(folder: Path, completion_bytes: int, reasoning_every: int) -> Iterator[tuple[str, int]]:
+    """Run `fastserver.py` (latency 0) with replies of the given size; yield its base URL and pid."""
+    log = folder / "server.log"
+    cmd = [sys.executable, str(HERE / "fastserver.py"), "--port", "0"]
+    cmd += ["--completion-bytes", str(completion_bytes), "--reasoning-every", str(reasoning_every)]
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*cmd, "--latency", "0"], stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=folder
-        )
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=folder)
     try:
-        deadline = time.monotonic() + EMULATOR_START_S
-        while True:
-            match = SERVING.search(log.read_text(encoding="utf-8", errors="replace"))
-            if match:
-                break
+        deadline = time.monotonic() + SERVER_START_S
+        while not (match := LISTENING.search(log.read_text(encoding="utf-8", errors="replace"))):
             if proc.poll() is not None or time.monotonic() > deadline:
                 text = log.read_text(encoding="utf-8", errors="replace")
-                raise RuntimeError(f"the emulator did not start (exit {proc.poll()}):\n{text}")
+                raise RuntimeError(f"the server did not start (exit {proc.poll()}):\n{text}")
             time.sleep(0.05)
-        yield match.group(1), proc
+        yield match.group(1), proc.pid
     finally:
         stop(proc)
 
@@ -299,107 +307,117 @@ class JournalCounter:
 
 
 def watch(
-    proc: subprocess.Popen[bytes], journal: JournalCounter, emu_pid: int, timeout_s: float
-) -> tuple[list[Sample], int, int, Any, int]:
-    """Sample `proc` until it exits; return the samples, last VmHWM, exit code, rusage, emulator VmHWM.
+    cmd: list[str],
+    folder: Path,
+    journal: JournalCounter,
+    lines: int,
+    server_pid: int,
+    timeout_s: float,
+    *,
+    kill: bool = False,
+) -> Phase:
+    """Run `cmd` and sample it until it exits (or, with `kill`, SIGKILL it once the journal has `lines`).
 
-    The child is reaped here with `os.wait4`, whose rusage is that one process's own, whatever else this
-    script has started.
+    Once the journal holds `lines` lines sending is over: VmHWM then is the sending peak, and it is reset,
+    so the ru_maxrss the child is reaped with (`os.wait4`, that one process's own) is the assembly's peak.
     """
-    started = time.monotonic()
-    samples: list[Sample] = []
-    hwm = emu_hwm = 0
-    while True:
-        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-        if pid == proc.pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return samples, hwm, proc.returncode, rusage, emu_hwm
-        memory = proc_memory(proc.pid)
-        rows_done = journal.poll()
-        if memory is not None:
-            hwm = max(hwm, memory[1])
-            samples.append(Sample(time.monotonic() - started, rows_done, memory[0], memory[1]))
-        emu = proc_memory(emu_pid)
-        if emu is not None:
-            emu_hwm = max(emu_hwm, emu[1])
-        if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"batchrun did not finish within {timeout_s:.0f} s ({rows_done:,} rows done)")
-        time.sleep(POLL_S)
+    with (folder / "stdout.json").open("wb") as out, (folder / "stderr.log").open("ab") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=child_env(), cwd=folder)
+    hwm = server_hwm = 0
+    sent_at: float | None = None
+    reset = False
+    try:
+        while True:
+            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                break
+            memory = proc_memory(proc.pid)
+            done = journal.poll()
+            if memory is not None and sent_at is None:
+                hwm = max(hwm, memory[1])
+            if done >= lines and sent_at is None:
+                sent_at = time.monotonic()
+                if kill:
+                    proc.kill()
+                    continue
+                reset = reset_peak(proc.pid)
+            server = proc_memory(server_pid)
+            if server is not None:
+                server_hwm = max(server_hwm, server[1])
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"batchrun did not finish within {timeout_s:.0f} s ({done:,} lines)")
+            time.sleep(POLL_S)
+    finally:
+        stop(proc, grace_s=40.0)  # batchrun drains for up to 30 s on SIGTERM
+    ended = time.monotonic()
+    assembled = sent_at is not None and not kill
+    return Phase(
+        exit_code=proc.returncode,
+        wall_s=ended - started,
+        cpu_s=rusage.ru_utime + rusage.ru_stime,
+        send_peak_kib=hwm,
+        assembly_peak_kib=rusage.ru_maxrss if assembled and reset else None,
+        assembly_s=ended - sent_at if assembled and sent_at is not None else None,
+        server_hwm_kib=server_hwm,
+    )
 
 
-def run_one(rows: int, concurrency: int, root: Path, timeout_s: float) -> RunResult:
-    """Generate N rows, run batchrun over them against a fresh emulator, and measure it."""
-    folder = root / f"rows-{rows}"
+def run_scenario(rows: int, scenario: str, args: argparse.Namespace, root: Path) -> RunResult:
+    """Generate N rows and run batchrun over them: once (`fresh`), or killed halfway and rerun (`resumed`)."""
+    folder = root / f"{scenario}-{rows}"
     folder.mkdir()
     prompts, output, job = folder / "prompts.jsonl", folder / "out.parquet", folder / "job.toml"
     t0 = time.monotonic()
     write_prompts(prompts, rows)
     size = prompts.stat().st_size / MIB / MIB
-    say(f"{rows:,} rows: wrote {prompts} ({size:,.0f} MiB) in {time.monotonic() - t0:.1f} s")
-
-    with emulator(folder) as (base_url, emu):
-        write_job(job, prompts, output, base_url, concurrency)
-        journal = JournalCounter(output.with_name(output.name + ".run") / "results.jsonl")
-        cmd = [sys.executable, "-m", "batchrun", "run", str(job), "--json"]
-        say(f"{rows:,} rows: emulator at {base_url}; running {' '.join(cmd[1:])}")
-        with (folder / "stdout.json").open("wb") as out, (folder / "stderr.log").open("wb") as err:
-            started = time.monotonic()
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=child_env(), cwd=folder)
-        try:
-            samples, hwm, code, rusage, emu_hwm = watch(proc, journal, emu.pid, timeout_s)
-        finally:
-            stop(proc, grace_s=40.0)  # batchrun drains for up to 30 s on SIGTERM
-        wall_s = time.monotonic() - started
+    say(f"{rows:,} rows ({scenario}): wrote {prompts} ({size:,.0f} MiB) in {time.monotonic() - t0:.1f} s")
+    cmd = [sys.executable, "-m", "batchrun", "run", str(job), "--json"]
+    journal = JournalCounter(output.with_name(output.name + ".run") / "results.jsonl")
+    phases = []
+    with server(folder, args.completion_bytes, args.reasoning_every) as (base_url, server_pid):
+        write_job(job, prompts, output, base_url, args.concurrency)
+        if scenario == "resumed":
+            say(f"{rows:,} rows: a first run, killed once {rows // 2:,} rows are journaled")
+            phases.append(watch(cmd, folder, journal, rows // 2, server_pid, args.timeout, kill=True))
+        say(f"{rows:,} rows: running {' '.join(cmd[1:])}")
+        phases.append(watch(cmd, folder, journal, rows, server_pid, args.timeout))
     journal.poll()
-
-    if code not in (0, 1):
+    last = phases[-1]
+    if last.exit_code not in (0, 1):
         err_text = (folder / "stderr.log").read_text(encoding="utf-8", errors="replace")
-        raise RuntimeError(f"batchrun exited {code}:\n{err_text[-4000:]}")
+        raise RuntimeError(f"batchrun exited {last.exit_code}:\n{err_text[-4000:]}")
     out_rows, out_ok = check_output(output)
     return RunResult(
         rows=rows,
-        exit_code=code,
-        wall_s=wall_s,
-        peak_kib=max(hwm, rusage.ru_maxrss),
-        hwm_kib=hwm,
-        maxrss_kib=rusage.ru_maxrss,
-        cpu_s=rusage.ru_utime + rusage.ru_stime,
-        rss_at=rss_at(samples, rows),
-        send_peak_kib=max((s.hwm_kib for s in samples if s.rows_done < rows), default=0),
-        tail_peak_kib=max((s.rss_kib for s in samples if s.rows_done >= rows), default=0),
-        tail_s=tail_seconds(samples, rows, wall_s),
-        emulator_hwm_kib=emu_hwm,
+        scenario=scenario,
+        phases=phases,
         out_rows=out_rows,
         out_ok=out_ok,
         journal_mib=journal.offset / MIB / MIB,
         output_mib=output.stat().st_size / MIB / MIB if output.exists() else 0.0,
         summary=json.loads((folder / "stdout.json").read_text(encoding="utf-8") or "{}"),
-        samples=samples,
     )
 
 
-def rss_at(samples: Sequence[Sample], rows: int) -> dict[float, int | None]:
-    """VmRSS at the first sample where the journal held at least each share of the rows."""
-    found: dict[float, int | None] = {}
-    for fraction in FRACTIONS:
-        found[fraction] = next((s.rss_kib for s in samples if s.rows_done >= fraction * rows), None)
-    return found
-
-
-def tail_seconds(samples: Sequence[Sample], rows: int, wall_s: float) -> float | None:
-    """Seconds from the first sample with a complete journal to the child's exit."""
-    first = next((s.t for s in samples if s.rows_done >= rows), None)
-    return None if first is None else wall_s - first
-
-
 def check_output(output: Path) -> tuple[int, int]:
-    """(rows, rows with status ok) in the output Parquet, read lazily."""
-    import polars as pl
+    """(rows, rows with status ok) in the output Parquet, read lazily in a child process.
 
+    Not here: a child inherits this process's peak RSS at `exec` into its `ru_maxrss`, so this process
+    never loads polars.
+    """
     if not output.exists():
         return 0, 0
-    rows, ok = pl.scan_parquet(output).select(pl.len(), (pl.col("status") == "ok").sum()).collect().row(0)
-    return int(rows), int(ok or 0)
+    code = (
+        "import sys, polars as pl\n"
+        "frame = pl.scan_parquet(sys.argv[1], hive_partitioning=False)\n"
+        "rows, ok = frame.select(pl.len(), (pl.col('status') == 'ok').sum()).collect().row(0)\n"
+        "print(rows, ok or 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(output)], capture_output=True, check=True)
+    rows, ok = done.stdout.split()
+    return int(rows), int(ok)
 
 
 # -- the report --------------------------------------------------------------------------------------
@@ -424,49 +442,49 @@ def machine() -> str:
         memory = f", {total_kib / MIB / MIB:.1f} GiB RAM"
     except (OSError, ValueError, IndexError):
         memory = ""
-    try:
-        import polars as pl
+    from importlib.metadata import PackageNotFoundError, version
 
-        polars = f", polars {pl.__version__}"
-    except ImportError:
-        polars = ""
+    try:
+        versions = f", polars {version('polars')}, duckdb {version('duckdb')}"
+    except PackageNotFoundError:
+        versions = ""
     return (
         f"{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; {platform.system()} {platform.release()} "
-        f"{platform.machine()}, nproc {cpus}{memory}; Python {platform.python_version()}{polars}"
+        f"{platform.machine()}, nproc {cpus}{memory}; Python {platform.python_version()}{versions}"
     )
 
 
-def report(results: Sequence[RunResult], concurrency: int) -> str:
-    """The results table, the peak ratio and the machine, as Markdown."""
+def report(results: Sequence[RunResult], args: argparse.Namespace) -> str:
+    """The results table and the machine, as Markdown."""
     head = (
-        "| rows | wall s | rows/s | peak RSS MiB | RSS MiB at 25/50/75% | peak while sending MiB "
-        "| tail peak MiB (s) | output OK |"
+        "| rows | run | wall s (end to end) | rows/s | peak sending MiB | peak assembly MiB | assembly s "
+        "| journal MiB | output MiB | output OK |"
     )
-    lines = [head, "|" + "---:|" * 7 + ":---|"]
+    lines = [head, "|" + "---:|" * 2 + "---:|" * 7 + ":---|"]
     for r in results:
-        at = "/".join(mib(r.rss_at[f]) for f in FRACTIONS)
-        tail = f"{mib(r.tail_peak_kib)} ({r.tail_s:.1f})" if r.tail_s is not None else "-"
-        ok = "yes" if r.output_ok else f"NO ({r.out_ok:,}/{r.out_rows:,} ok, exit {r.exit_code})"
+        last = r.last
+        sending = " + ".join(mib(p.send_peak_kib) for p in r.phases)
+        ok = "yes" if r.output_ok else f"NO ({r.out_ok:,}/{r.out_rows:,} ok, exit {last.exit_code})"
+        assembly_s = f"{last.assembly_s:,.1f}" if last.assembly_s is not None else "-"
         lines.append(
-            f"| {r.rows:,} | {r.wall_s:,.1f} | {r.rows / r.wall_s:,.0f} | {mib(r.peak_kib)} | {at} "
-            f"| {mib(r.send_peak_kib)} | {tail} | {ok} |"
+            f"| {r.rows:,} | {r.scenario} | {r.wall_s:,.1f} | {r.rows / r.wall_s:,.0f} | {sending} "
+            f"| {mib(last.assembly_peak_kib)} | {assembly_s} | {r.journal_mib:,.0f} | {r.output_mib:,.0f} "
+            f"| {ok} |"
         )
     lines.append("")
-    if len(results) >= 2:
-        small, big = min(results, key=lambda r: r.rows), max(results, key=lambda r: r.rows)
-        ratio = big.peak_kib / small.peak_kib
-        lines.append(
-            f"peak RSS ratio {big.rows:,} / {small.rows:,} rows: {ratio:.2f} "
-            f"({mib(big.peak_kib)} / {mib(small.peak_kib)} MiB)"
-        )
     for r in results:
+        cpu = " + ".join(f"{p.cpu_s:,.0f}" for p in r.phases)
         lines.append(
-            f"{r.rows:,} rows: VmHWM {mib(r.hwm_kib)} MiB, ru_maxrss {mib(r.maxrss_kib)} MiB, "
-            f"CPU {r.cpu_s:,.0f} s, batchrun's own wall {r.summary.get('wall_s', 0):,.1f} s, "
-            f"journal {r.journal_mib:,.0f} MiB, output {r.output_mib:,.0f} MiB, "
-            f"emulator VmHWM {mib(r.emulator_hwm_kib)} MiB"
+            f"{r.rows:,} rows, {r.scenario}: CPU {cpu} s, batchrun's own wall "
+            f"{r.summary.get('wall_s', 0):,.1f} s, {r.summary.get('rows_reused', 0) or 0:,} rows reused, "
+            "server VmHWM "
+            f"{mib(max(p.server_hwm_kib for p in r.phases))} MiB"
         )
-    lines.append(f"concurrency {concurrency}, emulator latency 0, poll every {POLL_S} s")
+    lines.append(
+        f"replies: {args.completion_bytes:,}-byte completions, full usage objects, reasoning "
+        f"({args.completion_bytes // 2:,} bytes) in every {args.reasoning_every}th; concurrency "
+        f"{args.concurrency}, server latency 0, poll every {POLL_S} s"
+    )
     lines.append(f"machine: {machine()}")
     return "\n".join(lines)
 
@@ -475,13 +493,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="row counts")
-    parser.add_argument("--concurrency", type=int, default=256, help="[limits] concurrency (256)")
+    parser.add_argument("--concurrency", type=int, default=64, help="[limits] concurrency (64)")
+    parser.add_argument("--completion-bytes", type=int, default=2048, help="completion size (2048)")
+    parser.add_argument("--reasoning-every", type=int, default=10, help="reasoning in every Kth reply (10)")
+    parser.add_argument(
+        "--resume", action=argparse.BooleanOptionalAction, default=True, help="also a killed, resumed run"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--dir", type=Path, default=None, help="where to make the temporary folder")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per run (3600)")
     args = parser.parse_args(argv)
-    if any(n < 1 for n in args.rows):
-        parser.error("--rows must be positive")
+    if any(n < 2 for n in args.rows):
+        parser.error("--rows must be at least 2")
     return args
 
 
@@ -494,17 +517,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="batchrun-memory-", dir=args.dir))
     say(f"working in {root}")
     results: list[RunResult] = []
+    scenarios = ["fresh", "resumed"] if args.resume else ["fresh"]
     try:
         for rows in args.rows:
-            result = run_one(rows, args.concurrency, root, args.timeout)
-            results.append(result)
-            say(
-                f"{rows:,} rows: {result.wall_s:,.1f} s, peak RSS {mib(result.peak_kib)} MiB, "
-                f"output {'ok' if result.output_ok else 'NOT ok'}"
-            )
-            with (root / "samples.jsonl").open("a", encoding="utf-8") as f:
-                for s in result.samples:
-                    f.write(json.dumps({"rows": rows, **asdict(s)}) + "\n")
+            for scenario in scenarios:
+                result = run_scenario(rows, scenario, args, root)
+                results.append(result)
+                last = result.last
+                say(
+                    f"{rows:,} rows ({scenario}): {result.wall_s:,.1f} s, peak sending "
+                    f"{mib(last.send_peak_kib)} MiB, assembly {mib(last.assembly_peak_kib)} MiB, "
+                    f"output {'ok' if result.output_ok else 'NOT ok'}"
+                )
+                if not args.keep:  # a million rows of 2 KB answers are gigabytes: free them as we go
+                    shutil.rmtree(root / f"{scenario}-{rows}", ignore_errors=True)
     except KeyboardInterrupt:
         say("interrupted")
         return 128 + signal.SIGINT
@@ -513,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    print(report(results, args.concurrency))
+    print(report(results, args))
     return 0 if all(r.output_ok for r in results) else 1
 
 

@@ -150,7 +150,7 @@ def test_400_fails_only_its_row_with_the_providers_message(
 def test_bad_key_stops_the_job_with_exit_3_naming_the_env_var(
     emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
 ) -> None:
-    """A 401 stops the whole run (exit 3), names the env var, never prints the key, writes no output."""
+    """A 401 stops the whole run (exit 3), names the env var, never prints the key; every row is pending."""
     server = emulator(api_key="the-right-key")
     job = write_job(server.base_url, '\n[provider.headers]\n"x-test" = "1"\n').read_text()
     job_path = reviews.parent / "job.toml"
@@ -161,7 +161,12 @@ def test_bad_key_stops_the_job_with_exit_3_naming_the_env_var(
     assert result.exit_code == 3
     assert "BATCHRUN_TEST_KEY" in result.stderr
     assert "sk-wrong-key-123" not in result.stderr + result.stdout
-    assert not (reviews.parent / "out" / "test.parquet").exists()
+    out = pl.read_parquet(reviews.parent / "out" / "test.parquet")
+    assert out.height == 40
+    assert set(out["status"]) <= {"pending", "error"}
+    saved = json.loads((reviews.parent / "out" / "test.summary.json").read_text())
+    assert (saved["status"], saved["exit_code"], saved["ok"]) == ("stopped", 3, 0)
+    assert saved["pending"] + saved["failed"] == 40
     # The stop cancels the rest: no more than the requests already in flight were sent.
     assert server.emulator.requests_by_status[401] <= 8
     good = cli("run", job_path, env={"BATCHRUN_TEST_KEY": "the-right-key"})

@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -177,3 +178,34 @@ def test_report_on_a_file_that_is_not_an_output_exits_2_naming_it(
     assert str(path) in result.stderr
     if content == "no_columns":
         assert "missing columns: status" in result.stderr
+
+
+def test_quantiles_that_do_not_fit_the_cap_become_estimates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When exact latency quantiles run out of memory, the summary gives t-digest estimates, never fails."""
+    import duckdb
+
+    from batchrun import summary as summary_module
+
+    output = tmp_path / "out.parquet"
+    latency = [i / 1000 for i in range(1, 1001)]
+    pl.DataFrame(
+        {"status": ["ok"] * 1000, "latency_s": latency, "model": ["m"] * 1000, "error_type": [None] * 1000}
+    ).with_columns(prompt_tokens=1, completion_tokens=1, cost_usd=0.0).write_parquet(output)
+    aggregate = summary_module._aggregate
+    used: list[str] = []
+
+    def exact_runs_out(db: duckdb.DuckDBPyConnection, path: Path, quantile: str) -> Any:
+        used.append(quantile)
+        if quantile == "quantile_cont":
+            raise duckdb.OutOfMemoryException("out of memory")
+        return aggregate(db, path, quantile)
+
+    monkeypatch.setattr(summary_module, "_aggregate", exact_runs_out)
+    result = summary_module.summarize(output)
+
+    assert used == ["quantile_cont", "approx_quantile"]
+    assert result.latency.p50 == pytest.approx(0.5005, rel=0.02)
+    assert result.latency.p95 == pytest.approx(0.95, rel=0.02)
+    assert (result.rows, result.ok, result.latency.max) == (1000, 1000, 1.0)

@@ -231,7 +231,13 @@ def test_401_stops_the_run_naming_the_env_var(
     assert info.value.exit_code == 3
     assert endpoint.authorization == {"Bearer sk-wrong-123"}
     assert endpoint.total <= job.limits.concurrency
-    assert not job.output_path.exists()
+    # The output of the stopped run holds every row; none was answered.
+    statuses = pl.read_parquet(job.output_path)["status"]
+    assert statuses.len() == 40
+    assert "ok" not in statuses
+    summary = info.value.summary
+    assert summary is not None
+    assert summary.pending == 40 - summary.failed >= 40 - job.limits.concurrency
 
 
 def test_the_first_requests_go_out_while_the_rest_are_still_being_queued(
