@@ -5,7 +5,7 @@ enforce it over a stricter window, or share it with another job. `RateTrim` cuts
 429 and lets it creep back while requests succeed, so a rate slightly above the real one converges just
 under it instead of oscillating. It grows back by answers, not by time, so a 429 costs the same share of
 requests at any rate. The cut is at least `TRIM`, more when a larger share of the last second's
-replies were refused (a rate 25% too high is cut to the limit in a step or two, not in twelve).
+replies were refused (a rate 25% too high is cut to the limit in a few steps, not in twenty).
 
 With no rate known, `AdaptiveLimit` starts at the full concurrency (against a provider with room to spare it
 costs nothing) and learns from 429s: concurrency follows AIMD (a 429 cuts it by `CUT`, answers grow it by
@@ -24,7 +24,7 @@ import anyio
 TRIM = 0.01  # the least share of a configured pace a 429 cuts
 MAX_TRIM = 0.5  # the most one cut takes
 TRIM_GAP_S = 1.0  # one cut a second at most: the refusals of one overfull window are one signal
-RECOVER_REPLIES = 400  # answers it takes to win back one TRIM: at most one 429 in ~this many, at any rate
+RECOVER_REPLIES = 250  # answers it takes to win back one TRIM: at most one 429 in ~this many, at any rate
 REPLY_WINDOW_S = 1.0  # the window the share of refused replies is measured over
 
 CUT = 0.7  # concurrency kept after a 429
@@ -70,10 +70,11 @@ class RateTrim:
         self._note(now, refused=True)
         if sent_at < self._cut_at or now - self._cut_at < TRIM_GAP_S:
             return False
-        # The share refused beyond this one: a single refusal among a few replies is jitter at the edge of
-        # a window, not a measure of how far over the limit the run is.
+        # Half the share refused beyond this one: a single refusal among a few replies is jitter at the edge
+        # of a window, not a measure of how far over the limit the run is, and a few more in a second can
+        # be a stall of this machine's; a rate 25% too high (a fifth refused) is cut by a tenth at once.
         excess = (self._refused - 1) / len(self._replies)
-        self.factor *= 1 - min(MAX_TRIM, max(TRIM, excess))
+        self.factor *= 1 - min(MAX_TRIM, max(TRIM, excess / 2))
         self._cut_at = now
         return True
 

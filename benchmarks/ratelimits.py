@@ -220,8 +220,9 @@ def main() -> None:
     args = parser.parse_args()
     chosen = [s for s in scenarios() if all(word in s.name for word in args.only)]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"# batchrun rate-limit benchmark, {when}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"emulator latency {LATENCY_S} s, limits {RPM} RPM ({MINUTE_RPM} for minute windows), {TPM:,} TPM; "
+    print(f"# batchrun rate-limit benchmark, {when}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}; emulator latency {LATENCY_S} s, "
+          f"limits {RPM} RPM ({MINUTE_RPM} for minute windows), {TPM:,} TPM; "
           f"job defaults otherwise")  # fmt: skip
     columns = [
         "scenario",
