@@ -10,9 +10,11 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+
+from batchrun.errors import EXIT_INTERNAL
 
 if TYPE_CHECKING:
     from batchrun.job import Job
@@ -22,10 +24,54 @@ EXIT_USAGE = 2
 EXIT_STOPPED = 3
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group; an exception no command expected (a bug) exits 4 with one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; report a bug as one line on stderr, its traceback in a file (exit 4)."""
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            _report_bug(exc, None, None)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="batchrun")
 def main() -> None:
     """Run bulk prompts through LLM APIs: a job file in, one Parquet row per prompt out."""
+
+
+def _report_bug(exc: BaseException, log_file: Path | None, secret: str | None) -> NoReturn:
+    """Exit 4: the traceback goes to `log_file` (else a file of its own), one line to stderr says where."""
+    import tempfile
+    import traceback
+
+    from batchrun import runlog
+
+    def redact(text: str) -> str:
+        return text.replace(secret, "***") if secret else text
+
+    text = redact("".join(traceback.format_exception(exc)))
+    where: Path | None = None
+    if log_file is not None and runlog.file_only.handlers:
+        runlog.file_only.error("internal error (a bug in batchrun); its traceback:\n%s", text.rstrip())
+        runlog.file_only.info("end: exit %d (%s)", EXIT_INTERNAL, _EXIT_MEANING[EXIT_INTERNAL])
+        where = log_file
+    else:
+        try:
+            fd, name = tempfile.mkstemp(prefix="batchrun-internal-error-", suffix=".log")
+            with open(fd, "w", encoding="utf-8") as file:
+                file.write(text)
+            where = Path(name)
+        except OSError:
+            where = None
+    first = redact(str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "")
+    found = f"; the traceback is in {where}. Please report it with that file" if where else ""
+    name = type(exc).__name__
+    click.echo(f"batchrun: internal error (a bug in batchrun): {name}: {first}{found}.", err=True)
+    sys.exit(EXIT_INTERNAL)
 
 
 def _job_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -89,7 +135,8 @@ def run(
     output `out/x.parquet` go `out/x.summary.json` (the summary, or why the run stopped) and `out/x.log`.
 
     Exit codes: 0 every row ok, 1 some rows failed, 2 bad job file / input / flags (nothing sent),
-    3 stopped early (bad key, no balance, budget, interrupt; a rerun resumes).
+    3 stopped early (bad key, no balance, budget, disk full, interrupt; a rerun resumes), 4 internal error
+    (a bug: the traceback is in the log file).
     """
     from batchrun import runlog
     from batchrun.errors import BatchrunError
@@ -150,6 +197,8 @@ def _run_one(
             log.error("interrupted; what finished is saved, rerun the same command to resume.")
             runlog.file_only.info("end: exit %d (%s)", EXIT_STOPPED, _EXIT_MEANING[EXIT_STOPPED])
             sys.exit(EXIT_STOPPED)
+        except Exception as exc:
+            _report_bug(exc, runlog.log_path(job.output_path), secret)
         for line in summary.lines():
             runlog.file_only.info("summary: %s", line)
         code = summary.exit_code
@@ -169,6 +218,7 @@ _EXIT_MEANING = {
     1: "finished, some rows failed",
     EXIT_USAGE: "bad job file, input or flags",
     EXIT_STOPPED: "stopped early; a rerun resumes",
+    EXIT_INTERNAL: "internal error, a bug: the traceback is above",
 }
 
 
@@ -314,9 +364,21 @@ def _share(name: str, what: str) -> Callable[[Callable[..., Any]], Callable[...,
 )
 @click.option("--api-key-env", help="Require the key held by this environment variable (else any key works).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the fault pattern.")
+@click.option("--batch-validating", "batch_validating_s", default=0.05, help="Batch API: seconds validating.")
+@click.option("--batch-working", "batch_in_progress_s", default=0.2, help="Batch API: seconds in_progress.")
+@click.option("--batch-finalizing", "batch_finalizing_s", default=0.05, help="Batch API: seconds finalizing.")
+@click.option(
+    "--batch-expire-after", "batch_expire_after_s", type=float, help="Batch API: seconds to expiry."
+)
+@click.option(
+    "--batch-line-errors", "batch_line_error_rate", default=0.0, help="Batch API: share of 500 lines."
+)
+@click.option("--batch-error-shape", type=click.Choice(["openai", "dashscope"]), default="openai")
+@click.option("--batch-model", "batch_models", multiple=True, help="Batch API: a model it takes (else all).")
 def emulate(host: str, port: int, api_key_env: str | None, **behaviour: Any) -> None:
     """Serve a local OpenAI- and Anthropic-compatible API: deterministic replies, limits, faults."""
     from batchrun.emulator import EmulatorConfig, serve
+    from batchrun.emulator.batchconfig import BatchConfig
     from batchrun.endpoint import read_key
 
     api_key = None
@@ -326,8 +388,10 @@ def emulate(host: str, port: int, api_key_env: str | None, **behaviour: Any) -> 
             raise click.BadParameter(
                 f"the environment variable {api_key_env} is not set or is empty", param_hint="--api-key-env"
             )
+    batch = {name[6:]: behaviour.pop(name) for name in list(behaviour) if name.startswith("batch_")}
     try:
-        config = EmulatorConfig(api_key=api_key, **behaviour)
+        batch["models"] = batch["models"] or None  # no --batch-model: every model may batch
+        config = EmulatorConfig(api_key=api_key, batch=BatchConfig(**batch), **behaviour)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     serve(config, host=host, port=port)

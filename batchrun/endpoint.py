@@ -1,15 +1,23 @@
-"""Where a job's requests go: its base URL (starting the built-in emulator if asked) and its API key."""
+"""Where a job's requests go: its base URL (starting the built-in emulator if asked), its API key, whether
+it ever answered, and what to tell the user when the run must stop."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 
-from batchrun.errors import ProviderError, UsageError
+from batchrun.errors import ErrorClass, ProviderError, UsageError
 from batchrun.job import Job
+from batchrun.redact import safe_url
 
 EMULATOR_LATENCY_S = 0.02  # the demo's emulator answers like a fast model, not instantly
+NEVER_ANSWERED_S = 5.0  # how long an endpoint that never answered is retried before the run stops
+V1_HINT = (
+    'OpenAI-compatible servers serve the API under /v1: base_url = "https://host/v1" '
+    '(kind = "anthropic" takes the URL without /v1)'
+)
 
 
 def api_key(job: Job) -> str | None:
@@ -58,11 +66,57 @@ def cache_scope(job: Job) -> str:
     return job.provider.base_url or f"preset:{job.provider.preset}"
 
 
+class Contact:
+    """Whether the endpoint has ever answered: one that never did stops the run within seconds.
+
+    A wrong base URL shows as refused connections, a host name that does not resolve, an HTML page or a
+    404. Retried, and probed by the outage breaker for `max_outage_s`, it would only hide its cause. So
+    until the endpoint has answered once with HTTP (any status), connections that fail (refused, reset,
+    no address, none made within `connect_timeout_s`) stop the run once they have gone on for `grace_s`
+    (a server still starting gets that long), or as soon as a row runs out of tries; and until it has sent
+    one usable answer, an HTML page stops the run at once. A timeout waiting for a reply does not count:
+    a slow model is not a wrong URL. (A 404 on the path, a redirect and a TLS failure stop the run
+    whenever they come: see `batchrun.transport.Sender`.)
+    """
+
+    def __init__(self, url: str, grace_s: float | None = None) -> None:
+        self.url = safe_url(url)
+        self.grace_s = NEVER_ANSWERED_S if grace_s is None else grace_s
+        self.heard = False  # some HTTP reply came back
+        self.served = False  # a usable answer came back
+        self._first_failure: float | None = None
+
+    def answered(self) -> None:
+        """A usable answer arrived."""
+        self.heard = self.served = True
+
+    def check(self, exc: ProviderError, *, last_try: bool) -> ProviderError | None:
+        """The fatal error that replaces `exc` when it shows the endpoint never answered; None otherwise."""
+        if exc.status is not None:
+            self.heard = True
+        if exc.code == "html" and not self.served:
+            message = f"{self.url} answers with an HTML page, not the API ({exc.message})"
+            return ProviderError(
+                message, error_type="not_api", error_class=ErrorClass.FATAL, status=exc.status
+            )
+        if self.heard or exc.error_type != "connection":
+            return None  # a timeout may be a slow model: the breaker judges those
+        now = time.monotonic()
+        if self._first_failure is None:
+            self._first_failure = now
+        if last_try or now - self._first_failure >= self.grace_s:
+            waited = now - self._first_failure
+            message = f"no answer from {self.url} ({exc.message}; tried for {waited:.0f} s)"
+            return ProviderError(message, error_type="unreachable", error_class=ErrorClass.FATAL)
+        return None
+
+
 def fatal_message(job: Job, exc: ProviderError) -> str:
     """Why the run stopped on a fatal error, and what to fix in the job, account or environment."""
     status = f"HTTP {exc.status}" if exc.status else "error"
     code = f" ({exc.code})" if exc.code else ""
-    head = f"Stopped: {status}{code} from {job.provider.base_url or 'the emulator'}: {exc.message}"
+    where = safe_url(job.provider.base_url) if job.provider.base_url else "the emulator"
+    head = f"Stopped: {status}{code} from {where}: {exc.message}"
     env = job.provider.api_key_env
     fixes: dict[str, str] = {
         "auth": f"Check the key in {env} and that it belongs to this endpoint's region and account."
@@ -71,5 +125,12 @@ def fatal_message(job: Job, exc: ProviderError) -> str:
         "billing": "The account has no balance or quota left: top it up, then rerun.",
         "model_not_found": f"Check [provider] model ({job.provider.model!r}) against the provider's models.",
         "outage": "The provider is down: rerun later to resume.",
+        "unreachable": "Check [provider] base_url (scheme, host, port) and that the server runs, then rerun.",
+        "not_found": f"Check [provider] base_url: {V1_HINT}. If it is right, check [provider] model.",
+        "not_api": f"Check [provider] base_url: {V1_HINT}.",
+        "tls": "The server's certificate does not verify, or it does not speak TLS: check http:// or "
+        "https:// in [provider] base_url; for a private CA, point SSL_CERT_FILE at its certificate.",
+        "redirect": "Set [provider] base_url to where the redirect points (http:// or https://, the path): "
+        "batchrun does not follow redirects, which would turn a POST into a GET or send it twice.",
     }
     return f"{head}\n{fixes.get(exc.error_type, 'Fix the cause, then rerun.')}"

@@ -10,13 +10,20 @@ BatchrunError                 base; `exit_code` is what the CLI exits with
 ```
 
 A `ProviderError` never reaches the user as an exception: a retryable one is retried, a row error becomes a
-row with `status = "error"`, and a fatal one is turned into `StopRun` by the runner.
+row with `status = "error"`, and a fatal one is turned into `StopRun` by the runner. A file batchrun cannot
+write (a full disk) becomes `UsageError` before the first request and `StopRun` after
+(`user_error`). Any other exception is a bug: the CLI exits `EXIT_INTERNAL` (4), writes the
+traceback to the run's log file and prints one line saying where it is.
 """
 
 from __future__ import annotations
 
 import enum
+import sys
 from pathlib import Path
+
+EXIT_INTERNAL = 4
+"""The exit code of an unexpected exception: a bug in batchrun, not a mistake of the user's."""
 
 
 class BatchrunError(Exception):
@@ -92,3 +99,45 @@ class ProviderError(BatchrunError):
     def retryable(self) -> bool:
         """True when another attempt may succeed."""
         return self.error_class is ErrorClass.RETRY
+
+
+def user_error(exc: BaseException, *, sent: bool, folder: Path) -> BatchrunError | None:
+    """What `exc`, raised from a run (perhaps inside a task group's exception group), means for the user.
+
+    A `BatchrunError` stays itself (a `UsageError` after requests went out becomes a `StopRun`: exit 2
+    promises nothing was sent); a file that cannot be written (disk full, permissions) is a `UsageError`
+    before anything was sent and a `StopRun` after (an `OSError` reaching here is the disk's, not the
+    network's: the transport turns those into `ProviderError`s). None for anything else: a bug.
+    """
+    leaves = _leaves(exc)
+    known = [leaf for leaf in leaves if isinstance(leaf, BatchrunError)]
+    if known:
+        error = known[0]
+        if sent and isinstance(error, UsageError):
+            return StopRun(f"{error}\nWhat finished is saved in {folder}; rerun to resume.")
+        return error
+    storage = [leaf for leaf in leaves if isinstance(leaf, OSError) or _is_duckdb_io(leaf)]
+    if not storage:
+        return None
+    leaf = storage[0]
+    where = getattr(leaf, "filename", None) or folder
+    reason = getattr(leaf, "strerror", None) or str(leaf).splitlines()[0][:300]
+    if not sent:
+        return UsageError(f"{where}: {reason}. Nothing was sent; fix that (free some space?), then rerun.")
+    return StopRun(
+        f"Stopped: {where}: {reason}.\nFix that (free some space?), then rerun the same command to resume: "
+        f"the answers journaled in {folder} are not paid for again."
+    )
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or `exc` itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _is_duckdb_io(exc: BaseException) -> bool:
+    """DuckDB's own error for a write that failed (a full disk while assembling the output)."""
+    duckdb = sys.modules.get("duckdb")
+    return duckdb is not None and isinstance(exc, duckdb.IOException)

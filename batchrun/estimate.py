@@ -10,6 +10,7 @@ from batchrun.pricing import PriceBook
 from batchrun.records import Request, Usage
 from batchrun.store import RunStore
 from batchrun.sweep import SweepPromptSet, prompt_set
+from batchrun.validate import check_input
 
 DEFAULT_OUTPUT_TOKENS = 256  # per row, when the job sets no max_tokens: a guess, and said to be one
 
@@ -72,6 +73,7 @@ class Estimate:
 def estimate_job(job: Job, *, limit: int | None = None, latency_s: float = 2.0) -> Estimate:
     """Read and render the whole prompt set (sending nothing) and add up what the run would take."""
     prompts = prompt_set(job, limit=limit)
+    check_input(prompts).enforce()  # the run's own check: bad rows stop an estimate as they stop a run
     done = RunStore(job.output_path).finished_ids().implode()
     prices = PriceBook(
         input=job.pricing.input, output=job.pricing.output, cached_input=job.pricing.cached_input

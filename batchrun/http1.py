@@ -8,8 +8,10 @@ reply framed by Content-Length, chunked encoding or the connection's close. llht
 parser uvicorn uses) parses; the standard library does TLS, with the same default context aiohttp uses.
 Event streams and proxies still go through aiohttp (see `batchrun.transport`).
 
-It runs on asyncio (anyio's default backend) and raises only `TimeoutError` and `OSError` subclasses, which
-the caller classifies as retryable.
+It runs on asyncio (anyio's default backend). Failures before a reply's head arrives are `TimeoutError`
+and `OSError` subclasses (`ssl.SSLError` among them), which the caller classifies. Once the head has
+arrived, a body broken off by the connection's close is a `truncated` `ProviderError`, and one the client
+cannot use (past the size cap, or in a coding it cannot decode) a `bad_response`, both with the status.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -26,11 +27,13 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from batchrun import bodies
+from batchrun.retry import cut_short
+
 KEEPALIVE_S = 4.0  # an idle connection older than this is not reused: uvicorn (vLLM) closes them at 5 s
 DNS_TTL_S = 300.0  # how long a host's addresses are reused (aiohttp's default cache time, which we had)
+MAX_HEAD_BYTES = 1 * bodies.MIB  # a reply's headers past this are not an API's
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# zlib framing per content coding
-_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,20 +82,34 @@ class Pool:
         self._ssl: ssl.SSLContext | None = None
 
     async def post(
-        self, route: Route, content: bytes, *, connect_s: float, total_s: float
+        self,
+        route: Route,
+        content: bytes,
+        *,
+        connect_s: float,
+        total_s: float,
+        max_body: int = bodies.DEFAULT_MAX_REPLY_BYTES,
     ) -> tuple[int, dict[str, str], bytes]:
-        """POST `content`; return the reply's status, headers (names in lower case) and body.
+        """POST `content`; return the reply's status, headers (names in lower case) and decoded body.
 
-        Raises `TimeoutError` when the whole exchange (connecting included) takes over `total_s`, and an
-        `OSError` when the connection fails or the reply is not HTTP.
+        Raises `TimeoutError` when the whole exchange (connecting included) takes over `total_s`, an
+        `OSError` when the connection fails or the reply is not HTTP, and a `ProviderError` when the body
+        breaks off or passes `max_body` bytes (raw or decoded).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total_s
         connection = self._reusable(route.key, loop.time())
         if connection is None:
-            async with asyncio.timeout_at(min(deadline, loop.time() + connect_s)):
-                connection = await self._connect(route.key)
-        reply = connection.send(route.head, content)
+            connect_by = loop.time() + connect_s
+            try:
+                async with asyncio.timeout_at(min(deadline, connect_by)):
+                    connection = await self._connect(route.key)
+            except TimeoutError:
+                if connect_by > deadline:
+                    raise  # the whole exchange's time ran out
+                # No connection at all: the caller tells this from a reply that is slow to come.
+                raise ConnectionError(f"no connection within {connect_s:g} s") from None
+        reply = connection.send(route.head, content, max_body)
         timer = loop.call_at(deadline, connection.expire)
         try:
             status, headers, body = await reply
@@ -106,12 +123,7 @@ class Pool:
             self._idle.setdefault(route.key, []).append(connection)
         else:
             connection.close()
-        try:
-            return status, headers, _decoded(body, headers)
-        except ConnectionError:
-            if status == 200:
-                raise
-            return status, headers, body  # an error reply keeps its status (and its Retry-After) regardless
+        return status, headers, bodies.decode(body, headers, max_body, status)
 
     def _reusable(self, key: tuple[str, str, int], now: float) -> _Connection | None:
         """The most recently used idle connection to `key` that is still open and fresh."""
@@ -206,17 +218,22 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._headers_done = False
         self._framed = False  # the reply says where it ends (Content-Length or chunked)
+        self._max_body = bodies.DEFAULT_MAX_REPLY_BYTES
+        self._size = 0  # bytes of the head, then of the body, so far
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport to write requests on."""
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         self._loop = asyncio.get_running_loop()
 
-    def send(self, head: bytes, content: bytes) -> asyncio.Future[tuple[int, dict[str, str], bytes]]:
-        """Write one request; the future resolves to its reply."""
+    def send(
+        self, head: bytes, content: bytes, max_body: int
+    ) -> asyncio.Future[tuple[int, dict[str, str], bytes]]:
+        """Write one request; the future resolves to its reply, whose body may hold up to `max_body` bytes."""
         if self.transport is None:  # closed by the server between connecting and this request
             raise ConnectionResetError("the connection closed before the request was sent")
         self.reusable = False
+        self._max_body = max_body
         self._reply = self._loop.create_future()
         self.transport.write(b"%sContent-Length: %d\r\n\r\n%s" % (head, len(content), content))
         return self._reply
@@ -251,6 +268,9 @@ class _Connection(asyncio.Protocol):
             return
         if exc is None and self._headers_done and not self._framed:
             self._finish()
+        elif self._headers_done:
+            message = f"the connection closed before the reply's body ended ({exc or 'EOF'})"
+            self._fail(cut_short(message, self._status))
         else:
             self._fail(ConnectionResetError(f"the connection closed before the reply ended ({exc or 'EOF'})"))
 
@@ -273,6 +293,12 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """Collect a header; a repeated one is joined with commas, as HTTP allows."""
+        self._size += len(name) + len(value)
+        if self._size > MAX_HEAD_BYTES:
+            self._refuse(
+                ConnectionError(f"the reply's headers pass {MAX_HEAD_BYTES:,} bytes: not HTTP we read")
+            )
+            return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
@@ -282,9 +308,19 @@ class _Connection(asyncio.Protocol):
         self._status = self._parser.get_status_code()
         self._headers_done = True
         self._framed = "content-length" in self._headers or "transfer-encoding" in self._headers
+        self._size = 0
+        length = self._headers.get("content-length", "")
+        if length.isdigit() and int(length) > self._max_body:
+            self._too_large()
 
     def on_body(self, chunk: bytes) -> None:
-        """Collect a piece of the body (de-chunked by the parser)."""
+        """Collect a piece of the body (de-chunked by the parser), up to the cap."""
+        if self._reply is None:
+            return  # refused already: the rest of this read is dropped with the connection
+        self._size += len(chunk)
+        if self._size > self._max_body:
+            self._too_large()
+            return
         self._body.append(chunk)
 
     def on_message_complete(self) -> None:
@@ -303,6 +339,14 @@ class _Connection(asyncio.Protocol):
         if waiting is not None and not waiting.done():
             waiting.set_result(reply)
 
+    def _too_large(self) -> None:
+        """A body past the cap: no JSON completion needs it, and reading on would only fill memory."""
+        self._refuse(bodies.too_large(self._max_body, self._status))
+
+    def _refuse(self, exc: BaseException) -> None:
+        self._fail(exc)
+        self.close()
+
     def _fail(self, exc: BaseException) -> None:
         self._reset()
         if self._reply is not None and not self._reply.done():
@@ -310,23 +354,7 @@ class _Connection(asyncio.Protocol):
         self._reply = None
 
     def _reset(self) -> None:
-        self._status = 0
+        self._status = self._size = 0
         self._headers = {}
         self._body = []
         self._headers_done = self._framed = False
-
-
-def _decoded(body: bytes, headers: Mapping[str, str]) -> bytes:
-    """The body without its content coding: none is asked for, but a server may gzip anyway."""
-    coding = headers.get("content-encoding", "identity").strip().lower()
-    if coding in ("", "identity"):
-        return body
-    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(
-        coding
-    )
-    if wbits is not None:
-        try:
-            return zlib.decompress(body, wbits=wbits)
-        except zlib.error as exc:
-            raise ConnectionError(f"the server's {coding} body is corrupt: {exc}") from None
-    raise ConnectionError(f"the server sent a body in the {coding!r} coding, which batchrun cannot read")

@@ -2,14 +2,17 @@
 
 Three ways a row becomes a request: a `[prompt] template` with `{column}` placeholders, a `messages_column`
 holding an OpenAI-style messages list, or rows that already are OpenAI Batch API lines
-(`custom_id`, `method`, `url`, `body`). The file is read with polars in slices, never whole.
+(`custom_id`, `method`, `url`, `body`). The file is read in batches, never whole (`batchrun.readers`).
+
+A row that cannot be sent (a line that does not parse, a null in a template column, a value a provider
+cannot take: `batchrun.wire`) is a `BadRow` naming its line (or row) and id. `[input] on_bad_row` says what
+becomes of it: "skip" leaves it out, "error" (and "fail", once the whole-input check of
+`batchrun.validate` has let the run start) makes it an error row.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import itertools
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -18,21 +21,32 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from batchrun import wire
 from batchrun.errors import InputError
 from batchrun.job import Job
+from batchrun.providers import KINDS
+from batchrun.readers import SUFFIXES, Batch, NarrowSchema, Reader
 from batchrun.records import OUTPUT_COLUMNS, Request, Result
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import polars as pl
 
-SUFFIXES = {".jsonl": "ndjson", ".ndjson": "ndjson", ".parquet": "parquet", ".csv": "csv"}
 BATCH_KEYS = ("custom_id", "method", "url", "body")
 BATCH_URLS = ("/v1/chat/completions", "/chat/completions")
 SLICE_ROWS = 10_000  # rows read at a time
 RENDER_ROWS = 1_000  # rows rendered at a time: ~7 ms of work between two turns of the event loop
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}\"'\n:]+)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """A row that cannot be sent: where it is (`line 7 (id "a")`) and why."""
+
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +141,15 @@ class BodyEncoder:
 
 
 class PromptSet:
-    """The job's prompt set: validated on construction, then read slice by slice."""
+    """The job's prompt set: validated on construction, then read a batch at a time."""
 
     def __init__(self, job: Job, *, limit: int | None = None, slice_rows: int = SLICE_ROWS) -> None:
         self.job = job
         self.path = job.input.path
         self.limit = limit
         self.slice_rows = slice_rows
+        self.on_bad_row = job.input.on_bad_row
+        self.rows: int | None = None  # the rows to run, once `batchrun.validate` has counted them
         if not self.path.is_file():
             raise InputError(self.path, "no such input file (set [input] path or pass --input)")
         self.format = SUFFIXES.get(self.path.suffix.lower())
@@ -149,35 +165,18 @@ class PromptSet:
                 "[prompt] has neither template nor messages_column, so the input must be OpenAI Batch API "
                 "lines in a .jsonl file",
             )
-        self.columns = self._read_columns()
+        # The first read is short, but it fills the first wave: rows past it would wait for the next read,
+        # which competes for the GIL with a thousand connections opening.
+        first = max(RENDER_ROWS, job.limits.concurrency)
+        self.reader = Reader(
+            self.path, lines_only=self.batch_lines, limit=limit, slice_rows=slice_rows, first_rows=first
+        )
+        self.columns = list(BATCH_KEYS) if self.batch_lines else self.reader.columns()
         self._check_columns()
         params = dict(job.params)
         self._bodies = BodyEncoder(job.provider.model, params)
         # Outputs rarely reach max_tokens; half of it (or 256) is a fair first guess for the rate limiter.
         self._est_output = int(params.get("max_tokens") or params.get("max_completion_tokens") or 512) // 2
-
-    def _scan(self) -> pl.LazyFrame:
-        import polars as pl
-
-        if self.batch_lines:
-            # A blank line is no request (editors and `cat` leave them): skip it rather than fail a row.
-            frame = pl.scan_lines(self.path, name="line").filter(pl.col("line").str.strip_chars() != "")
-        elif self.format == "parquet":
-            frame = pl.scan_parquet(self.path)
-        elif self.format == "csv":
-            frame = pl.scan_csv(self.path, infer_schema_length=10_000)
-        else:
-            frame = pl.scan_ndjson(self.path, infer_schema_length=10_000)
-        return frame.head(self.limit) if self.limit is not None else frame
-
-    def _read_columns(self) -> list[str]:
-        if self.batch_lines:
-            return list(BATCH_KEYS)
-        try:
-            self._schema = self._scan().collect_schema()
-            return list(self._schema.names())
-        except Exception as exc:  # polars raises many types for a malformed file; all mean the same here
-            raise InputError(self.path, f"cannot read the input: {exc}") from None
 
     def _check_columns(self) -> None:
         wanted: list[tuple[str, str]] = []
@@ -195,183 +194,169 @@ class PromptSet:
 
     def count_rows(self) -> int | None:
         """The number of rows to run (after `limit`), or None when the input cannot be counted."""
-        import polars as pl
-
-        try:
-            if self.format == "ndjson":
-                rows = _count_lines(self.path)
-                return rows if self.limit is None else min(rows, self.limit)
-            return int(self._scan().select(pl.len()).collect().item())
-        except (pl.exceptions.PolarsError, OSError):
-            return None  # slices() reports a broken input with its row; a progress total is not worth it
+        return self.rows if self.rows is not None else self.reader.count_rows()
 
     def slices(self) -> Iterator[Slice]:
         """The input in order, `RENDER_ROWS` rows at a time, each piece with its rendered requests."""
-        for frame, first_row in self.frames():
-            yield from self.render_frame(frame, first_row)
+        for batch in self.batches():
+            yield from self.render_batch(batch)
 
-    def render_frame(self, frame: pl.DataFrame, first_row: int) -> Iterator[Slice]:
-        """A slice of the input rendered `RENDER_ROWS` rows at a time.
+    def batches(self) -> Iterator[Batch]:
+        """The input in order, a batch (about `slice_rows` rows) at a time."""
+        try:
+            yield from self.reader.batches()
+        except NarrowSchema as exc:
+            # `batchrun.validate` widens the types and reads again; a read without it cannot.
+            raise InputError(
+                self.path, f"a value does not fit the column types read from the first rows: {exc}"
+            ) from None
+
+    def render_batch(self, batch: Batch) -> Iterator[Slice]:
+        """A batch rendered `RENDER_ROWS` rows at a time.
 
         The runner renders in its event loop (in a thread, the GIL it took slowed every request in
         flight), so each piece must be short: a whole 10,000-row slice stalled the loop for 80 ms.
         """
-        for start in range(0, frame.height, RENDER_ROWS):
-            yield self.render(frame.slice(start, RENDER_ROWS), first_row + start)
+        for start in range(0, batch.frame.height, RENDER_ROWS):
+            yield self.render(batch.piece(start, RENDER_ROWS))
 
-    def frames(self) -> Iterator[tuple[pl.DataFrame, int]]:
-        """The input in order, a slice at a time, each with the number of its first row."""
-        row = 0
-        try:
-            for frame in self._batches():
-                if frame.height == 0:
-                    continue
-                yield frame, row
-                row += frame.height
-        except self._read_errors() as exc:
-            # A row that cannot be parsed halfway through the file.
-            raise InputError(self.path, f"cannot read the input after row {row}: {exc}") from None
-
-    def _read_errors(self) -> tuple[type[Exception], ...]:
-        """What reading a row that cannot be parsed raises (pyarrow, 30 ms to import, only if it reads)."""
-        import polars as pl
-
-        errors: tuple[type[Exception], ...] = (pl.exceptions.PolarsError, UnicodeDecodeError, OSError)
-        if self.format == "ndjson":
-            return errors
-        import pyarrow as pa
-
-        return (*errors, pa.ArrowException)
-
-    def _batches(self) -> Iterator[pl.DataFrame]:
-        """The input (up to `limit` rows) in batches of about `slice_rows`, holding one batch at a time.
-
-        Not polars' `collect_batches`: it reads ahead without bound (measured: memory grew by 40 MB per
-        100,000 JSONL rows however slowly the batches were taken, 360 MB at once for a Parquet file).
-        """
-        import polars as pl
-
-        if self.format == "ndjson":
-            batches = self._ndjson_batches()
-        elif self.format == "parquet":
-            import pyarrow.parquet as pq
-
-            parquet = pq.ParquetFile(self.path)
-            batches = (pl.DataFrame(b) for b in parquet.iter_batches(batch_size=self.slice_rows))
-        else:
-            batches = self._csv_batches()
-        left = self.limit
-        for batch in batches:
-            kept = batch if left is None else batch.head(left)
-            if kept.height:
-                yield kept
-            if left is not None:
-                left -= kept.height
-                if left == 0:
-                    return
-
-    def _ndjson_batches(self) -> Iterator[pl.DataFrame]:
-        """JSONL read `slice_rows` lines at a time, each batch parsed with the schema read at the start."""
-        import polars as pl
-
-        with self.path.open("rb") as file:
-            # The first requests wait on this read, so it is short, but it fills the first wave: rows past
-            # it would wait for the next read, which competes for the GIL with a thousand connections opening.
-            size = min(max(RENDER_ROWS, self.job.limits.concurrency), self.slice_rows)
-            while chunk := list(itertools.islice(file, size)):
-                size = self.slice_rows
-                lines = [line for line in chunk if not line.isspace()]
-                if not lines:
-                    continue  # a slice of blank lines: more may follow
-                if self.batch_lines:
-                    yield pl.DataFrame({"line": [line.decode().rstrip("\r\n") for line in lines]})
-                else:
-                    yield pl.read_ndjson(io.BytesIO(b"".join(lines)), schema=self._schema)
-
-    def _csv_batches(self) -> Iterator[pl.DataFrame]:
-        """CSV through pyarrow's streaming reader, with the column types polars inferred at the start."""
-        import polars as pl
-        import pyarrow.csv as pv
-
-        types = pl.DataFrame(schema=self._schema).to_arrow().schema
-        # polars' rules: only an empty field is null ("NA" is Namibia), and the column names polars gave
-        # (a repeated header name becomes `x_duplicated_0`).
-        read = pv.ReadOptions(column_names=list(self._schema.names()), skip_rows=1)
-        convert = pv.ConvertOptions(
-            column_types=types, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False
-        )
-        reader = pv.open_csv(self.path, read_options=read, convert_options=convert)
-        for batch in reader:
-            yield pl.DataFrame(batch)
-
-    def render(self, frame: pl.DataFrame, first_row: int) -> Slice:
-        """One slice of the input rendered into requests (or error results for rows that cannot be sent)."""
+    def render(self, batch: Batch) -> Slice:
+        """Rows rendered into requests; a bad row becomes an error result, or is left out (`skip`)."""
         if self.batch_lines:
-            return self._render_batch_lines(frame, first_row)
-        return self._render_rows(frame, first_row)
+            return self._render_batch_lines(batch)
+        return self._render_rows(batch)
 
-    def _render_rows(self, frame: pl.DataFrame, first_row: int) -> Slice:
-        import polars as pl
+    def bad_rows(self, batch: Batch) -> Iterator[BadRow]:
+        """The rows of `batch` that cannot be sent, found as `render` finds them, without rendering."""
+        if self.batch_lines:
+            for i, line in enumerate(batch.frame.get_column("line").to_list()):
+                try:
+                    self._batch_body(line, batch.unreadable.get(i))
+                except ValueError as exc:
+                    yield BadRow(self._where_line(batch, i, line), str(exc))
+            return
+        values, ids = self._values(batch)
+        problems = self._unsendable(batch)
+        messages_column = self.job.prompt.messages_column
+        for i in range(batch.frame.height):
+            reason = problems.get(i)
+            if reason is None and messages_column is not None:
+                try:
+                    self._messages({messages_column: values[messages_column][i]})
+                except ValueError as exc:
+                    reason = str(exc)
+            if reason is not None:
+                yield BadRow(self._where(batch, i, ids), reason)
 
-        job = self.job
-        system = job.prompt.system
-        id_column = job.input.id_column
+    def _values(self, batch: Batch) -> tuple[dict[str, list[Any]], list[Any] | None]:
+        """The columns a row's request is made of, as lists, and the id column's values."""
         needed = list(self.template.columns) if self.template is not None else []
-        messages_column = job.prompt.messages_column
-        if messages_column:
-            needed.append(messages_column)
+        if self.job.prompt.messages_column:
+            needed.append(self.job.prompt.messages_column)
+        id_column = self.job.input.id_column
         if id_column:
             needed.append(id_column)
-        values = {c: frame.get_column(c).to_list() for c in dict.fromkeys(needed)}
-        ids = values[id_column] if id_column else range(first_row, first_row + frame.height)
+        values = {c: batch.frame.get_column(c).to_list() for c in dict.fromkeys(needed)}
+        return values, values[id_column] if id_column else None
 
+    def _unsendable(self, batch: Batch) -> dict[int, str]:
+        """Rows known bad before their messages are built: unreadable lines, nulls in template columns."""
+        problems = dict(batch.unreadable)
+        if self.template is None or not self.template.columns:
+            return problems
+        import polars as pl
+
+        frame = batch.frame.select(self.template.columns)
+        if not any(frame.null_count().row(0)):
+            return problems  # the usual case, checked column by column in Rust
+        nulls = frame.select(pl.coalesce(pl.when(pl.col(c).is_null()).then(pl.lit(c)) for c in frame.columns))
+        for i, column in enumerate(nulls.to_series().to_list()):
+            if column is not None:
+                problems.setdefault(i, f"column {column!r} is null")
+        return problems
+
+    def _where(self, batch: Batch, i: int, ids: list[Any] | None) -> str:
+        """`line 7 (id "a")`: the row's place in the file and, when readable, its id column's value."""
+        where = batch.where(i)
+        if ids is not None and i not in batch.unreadable and ids[i] is not None:
+            where += f" ({self.job.input.id_column} {_show(ids[i])})"
+        return where
+
+    def _where_line(self, batch: Batch, i: int, line: str) -> str:
+        """`line 7 (custom_id "r7")`: a batch line's place and, when it parses, its custom_id."""
+        where = batch.where(i)
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return where
+        if isinstance(record, dict) and record.get("custom_id") is not None:
+            where += f" (custom_id {_show(record['custom_id'])})"
+        return where
+
+    def _render_rows(self, batch: Batch) -> Slice:
+        import polars as pl
+
+        frame = batch.frame
+        values, ids = self._values(batch)
+        problems = self._unsendable(batch)
+        strings_only = self.template is not None
         items: list[Request | Result] = []
         custom_ids: list[str] = []
+        keep: list[bool] = []
         for i in range(frame.height):
             row = {c: v[i] for c, v in values.items()}
-            row_key = f"id:{ids[i]}" if id_column else f"row:{ids[i]}"
+            row_key = f"id:{ids[i]}" if ids is not None else f"row:{batch.first_row + i}"
             try:
-                messages = self._messages(row, system)
+                if i in problems:
+                    raise ValueError(problems[i])
+                messages = self._messages(row)
             except ValueError as exc:
-                custom_id = _digest(row_key.encode())
-                items.append(_input_error(custom_id, f"row {first_row + i}: {exc}"))
+                keep.append(self.on_bad_row != "skip")
+                if not keep[-1]:
+                    continue
+                # An unreadable line has no id to key on: its place in the file stands in.
+                key = f"unreadable:{batch.first_row + i}" if i in batch.unreadable else row_key
+                custom_id = _digest(key.encode())
+                items.append(_input_error(custom_id, str(BadRow(self._where(batch, i, ids), str(exc)))))
             else:
+                keep.append(True)
                 body = self._bodies.body(messages)
-                payload = self._bodies.encode(messages, strings_only=self.template is not None)
+                payload = self._bodies.encode(messages, strings_only=strings_only)
                 custom_id = _digest(row_key.encode() + b"\0" + payload)
                 items.append(Request(custom_id, body, payload, estimate_tokens(messages), self._est_output))
             custom_ids.append(custom_id)
+        if not all(keep):
+            frame = frame.filter(pl.Series(keep, dtype=pl.Boolean))
         renames = {c: f"input_{c}" for c in frame.columns if c in OUTPUT_COLUMNS}
         out = frame.rename(renames).with_columns(pl.Series("custom_id", custom_ids, dtype=pl.String))
         return Slice(out, items)
 
-    def _messages(self, row: dict[str, Any], system: str | None) -> list[dict[str, Any]]:
-        """The row's messages; ValueError says why the row cannot be sent."""
+    def _messages(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """The row's messages; ValueError says why the row cannot be sent (nulls are checked before)."""
         if self.template is not None:
-            null = [c for c in self.template.columns if row[c] is None]
-            if null:
-                raise ValueError(f"column {null[0]!r} is null")
             messages: list[dict[str, Any]] = [{"role": "user", "content": self.template.render(row)}]
         else:
             column = self.job.prompt.messages_column
             assert column is not None
             messages = _parse_messages(row[column], column)
+        system = self.job.prompt.system
         if system is not None and not (messages and messages[0].get("role") in ("system", "developer")):
             messages.insert(0, {"role": "system", "content": system})
         return messages
 
-    def _render_batch_lines(self, frame: pl.DataFrame, first_row: int) -> Slice:
+    def _render_batch_lines(self, batch: Batch) -> Slice:
         import polars as pl
 
         columns: dict[str, list[Any]] = {key: [] for key in BATCH_KEYS}
         items: list[Request | Result] = []
-        for i, line in enumerate(frame.get_column("line").to_list()):
+        for i, line in enumerate(batch.frame.get_column("line").to_list()):
             try:
-                record, request = self._batch_request(line)
+                record, request = self._batch_request(line, batch.unreadable.get(i))
             except ValueError as exc:
-                # One bad line must not stop a million-line run: that row fails, the rest go on.
+                if self.on_bad_row == "skip":
+                    continue
                 custom_id = _digest(line.encode())
-                items.append(_input_error(custom_id, f"line {first_row + i + 1}: {exc}"))
+                items.append(_input_error(custom_id, str(BadRow(self._where_line(batch, i, line), str(exc)))))
                 record = {"custom_id": custom_id, "method": None, "url": None, "body": line}
             else:
                 items.append(request)
@@ -382,12 +367,25 @@ class PromptSet:
             columns["body"].append(body if isinstance(body, str) else json.dumps(body, ensure_ascii=False))
         return Slice(pl.DataFrame(columns, schema=dict.fromkeys(BATCH_KEYS, pl.String)), items)
 
-    def _batch_request(self, line: str) -> tuple[dict[str, Any], Request]:
+    def _batch_request(self, line: str, unreadable: str | None = None) -> tuple[dict[str, Any], Request]:
         """Parse one OpenAI Batch API line; ValueError says what is wrong with it."""
+        record, body = self._batch_body(line, unreadable)
+        est_output = int(body.get("max_tokens") or body.get("max_completion_tokens") or 512) // 2
+        request = Request(
+            str(record["custom_id"]), body, encode(body), estimate_tokens(body["messages"]), est_output
+        )
+        return record, request
+
+    def _batch_body(self, line: str, unreadable: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A batch line's record and the body to send (the job's model and `[params]` over the line's)."""
+        if unreadable is not None:
+            raise ValueError(unreadable)
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON ({exc.msg})") from None
+            # orjson, not json: it refuses NaN, infinity, lone surrogates and nesting past 1,024 levels,
+            # none of which a provider takes (json let a line 100,000 levels deep crash the run).
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos + 1})") from None
         if not isinstance(record, dict) or not all(k in record for k in BATCH_KEYS):
             raise ValueError(f"a batch line needs the keys {', '.join(BATCH_KEYS)}")
         if record["url"] not in BATCH_URLS or str(record["method"]).upper() != "POST":
@@ -401,11 +399,12 @@ class PromptSet:
             body["model"] = self.job.provider.model
         if not body.get("model"):
             raise ValueError("body has no model; set [provider] model")
-        est_output = int(body.get("max_tokens") or body.get("max_completion_tokens") or 512) // 2
-        request = Request(
-            str(record["custom_id"]), body, encode(body), estimate_tokens(body["messages"]), est_output
-        )
-        return record, request
+        problem = wire.body_problem(body, parsed=True)  # [params] are checked at load already
+        if problem is not None:
+            raise ValueError(problem)
+        params = {k: v for k, v in body.items() if k not in ("model", "messages")}
+        KINDS[self.job.provider.kind].normalize_params(params, batch_lines=False)  # the kind's own rules
+        return record, body
 
 
 def _digest(data: bytes) -> str:
@@ -416,14 +415,24 @@ def _input_error(custom_id: str, message: str) -> Result:
     return Result(custom_id, "error", error_type="invalid_input", error=message)
 
 
+def _show(value: Any) -> str:
+    """An id for a message: text in quotes, cut to a readable length."""
+    text = json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _parse_messages(value: Any, column: str) -> list[dict[str, Any]]:
-    if isinstance(value, str):
+    parsed = isinstance(value, str)
+    if parsed:
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
+            value = orjson.loads(value)  # depth-limited, and refuses NaN: see `_batch_body`
+        except orjson.JSONDecodeError as exc:
             raise ValueError(f"column {column!r} is not valid JSON ({exc.msg})") from None
-    if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
+    if not isinstance(value, list) or not value:
         raise ValueError(f"column {column!r} must hold a non-empty list of messages ({{role, content}})")
+    problem = wire.messages_problem(value, f"column {column!r}", parsed=parsed)
+    if problem is not None:
+        raise ValueError(problem)
     # Polars gives every struct field to every row; a null field was absent in the source.
     return [_strip_nulls(m) for m in value]
 
@@ -434,13 +443,3 @@ def _strip_nulls(value: Any) -> Any:
     if isinstance(value, list):
         return [_strip_nulls(v) for v in value]
     return value
-
-
-def _count_lines(path: Path) -> int:
-    """Non-blank lines of a JSONL file, read a line at a time.
-
-    polars parses every line to count them: 460 MB of memory for a million-row file, where this holds
-    one line.
-    """
-    with path.open("rb") as file:
-        return sum(1 for line in file if not line.isspace())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from batchrun import matrix, paths
+from batchrun import matrix, paths, wire
 from batchrun.envvars import check_no_keys, expand_env
 from batchrun.errors import JobFileError
 from batchrun.providers import KINDS
@@ -44,6 +45,10 @@ class InputSection(_Section):
 
     path: Path
     id_column: str | None = None
+    # A row that cannot be sent (a line that does not parse, a null in a template column, a value a provider
+    # cannot take): "fail" stops the run before it sends anything, naming the rows; "skip" leaves such rows
+    # out of the run and the output; "error" writes each as an error row (error_type = "invalid_input").
+    on_bad_row: Literal["fail", "skip", "error"] = "fail"
 
 
 class PromptSection(_Section):
@@ -57,6 +62,10 @@ class PromptSection(_Section):
     def _one_source(self) -> PromptSection:
         if self.template is not None and self.messages_column is not None:
             raise ValueError("set either template or messages_column, not both")
+        for key in ("system", "template"):
+            text = getattr(self, key)
+            if text is not None and not wire.is_utf8(text):
+                raise ValueError(f"{key} holds bytes that are not UTF-8 text (from the command line?)")
         return self
 
 
@@ -85,6 +94,8 @@ class ProviderSection(_Section):
         for name, value in headers.items():
             if any(c in f"{name}{value}" for c in "\r\n\0"):
                 raise ValueError(f"header {name!r} holds a line break or NUL; a header is one line")
+            if not f"{name}{value}".isascii():
+                raise ValueError(f"header {name!r} holds a character that is not ASCII; HTTP cannot send it")
         return headers
 
     @model_validator(mode="after")
@@ -110,6 +121,8 @@ class LimitsSection(_Section):
     max_outage_s: float = Field(default=1800.0, gt=0)  # give up (exit 3) when the provider is down this long
     # JSON mode (`response_format`): send a row again while its completion does not parse (max_attempts).
     retry_invalid_json: bool = False
+    # A reply larger than this (decoded) is no completion: that attempt fails as `bad_response`.
+    max_reply_mib: float = Field(default=64.0, gt=0, le=4096)
 
 
 class PricingSection(_Section):
@@ -175,7 +188,11 @@ class Job(_Section):
         if provider is None or prompt is None:
             return params  # those sections failed validation and are reported already
         batch_lines = prompt.template is None and prompt.messages_column is None
-        return KINDS[provider.kind].normalize_params(params, batch_lines=batch_lines)
+        params = KINDS[provider.kind].normalize_params(params, batch_lines=batch_lines)
+        problem = wire.params_problem(params)
+        if problem is not None:
+            raise ValueError(f"[params] {problem}")
+        return params
 
     @model_validator(mode="after")
     def _check_params(self) -> Job:
@@ -221,6 +238,8 @@ def load_job(
         raise JobFileError(path, f"cannot read the job file: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise JobFileError(path, f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib reads nested arrays and tables by recursion
+        raise JobFileError(path, "not valid TOML: nested too deep") from None
 
     env_used = expand_env(raw, path)
     _resolve_paths(raw, path.resolve().parent)
@@ -286,15 +305,71 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
 
 
 def _parse_override(job_path: Path, item: str) -> tuple[str, Any]:
+    """`section.key=value`: the value as TOML; a bare word only for a key that takes text."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
         raise JobFileError(job_path, f"--set {item!r}: expected section.key=value, e.g. limits.concurrency=8")
     try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text  # a bare word such as `qwen-max` is meant as text
-    return key, value
+        return key, tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        problem = str(exc)
+    except RecursionError:
+        problem = "nested too deep"
+    wanted = _text_or_wanted(key)
+    if wanted is None:
+        return key, text  # a bare word such as `qwen-max` is meant as text
+    section, _, name = key.partition(".")
+    named = f"[{section}] {name}" if name else key
+    raise JobFileError(
+        job_path,
+        f"--set {key}={text[:60]}: {named} takes {wanted}, and {text[:60]!r} is not a TOML value "
+        f"({problem}); write a number, true or false, a [list], or text in quotes: --set '{key}=\"...\"'",
+    )
+
+
+def _text_or_wanted(dotted: str) -> str | None:
+    """None when the key `dotted` takes text (or is unknown: validation names it), else what it takes."""
+    parts = dotted.split(".")
+    if parts[0] == "params":
+        # Only a parameter whose type the wire formats fix has a type here; any other may be text.
+        return wire.expected(parts[1]) if len(parts) == 2 and not wire.takes_text(parts[1]) else None
+    if parts[0] == "matrix":
+        return "a list of values"
+    model: type[BaseModel] = Job
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+            continue
+        if i == len(parts) - 2 and typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]  # a table of text, such as [provider.headers]
+        elif i != len(parts) - 1:
+            return None
+        return None if _is_text_type(annotation) else _type_words(annotation)
+    return None
+
+
+def _is_text_type(annotation: Any) -> bool:
+    """True for str, Path, a Literal of strings, or any of those or None."""
+    if annotation in (str, Path):
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return all(isinstance(a, str) for a in args)
+    if args and origin is not dict and origin is not list:
+        return any(_is_text_type(a) for a in args if a is not type(None))
+    return False
+
+
+def _type_words(annotation: Any) -> str:
+    """What a field takes, in words, for an error message."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    words = {int: "a whole number", float: "a number", bool: "true or false", datetime: "a date"}
+    return " or ".join(dict.fromkeys(words.get(a, "a TOML value") for a in args))
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, job_path: Path) -> None:
@@ -339,5 +414,6 @@ def _format_validation_error(exc: ValidationError) -> str:
         elif err["type"] == "missing":
             message = "required key is missing"
         message = message.removeprefix("Value error, ")
-        lines.append(f"{where}: {message}")
+        # A message that names its own key ("[params] max_tokens ...") needs no second name before it.
+        lines.append(message if message.startswith(f"[{where}]") else f"{where}: {message}")
     return "invalid job file:\n  " + "\n  ".join(lines)

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from batchrun.transport import Answer
 
 
+CONTENT_FILTER = "content_filter"
+
+
 @dataclass(slots=True)
 class Tries:
     """A row's tries so far: all of them, and those that count against `max_attempts`."""
@@ -22,6 +25,16 @@ class Tries:
     counted: int = 0
     retry_json: bool = False  # JSON mode and `[limits] retry_invalid_json`: a non-JSON answer is sent again
     discarded_usd: float = 0.0  # what the answers sent again for invalid JSON cost
+    unreadable: int = 0  # replies that came back whole but could not be used (`bad_response`)
+    worst_usd: float = 0.0  # the row's reservation under `max_cost_usd`: what one reply may cost at most
+    charged_usd: float = 0.0  # what the budget counts for the replies so far
+
+    def charge(self, cost_usd: float | None) -> None:
+        """Count one reply against the budget: its cost, or the worst case when its usage was not given.
+
+        A reply without usage, or one that could not be read, was most likely billed all the same.
+        """
+        self.charged_usd += self.worst_usd if cost_usd is None else cost_usd
 
 
 def ok_result(
@@ -29,18 +42,23 @@ def ok_result(
 ) -> Result:
     """The row's answer with its usage and cost (the discarded answers' cost included).
 
-    In JSON mode a completion that does not parse is kept (it was paid for), but the row is an
-    `invalid_json` error a rerun does not resend.
+    An answer the provider's content filter stopped (`finish_reason = content_filter`) is kept, with its
+    usage and cost, but the row is a `content_filter` error; in JSON mode a completion that does not parse
+    is kept (it was paid for), but the row is an `invalid_json` error. A rerun resends neither.
     """
     reply, usage = answer.reply, answer.reply.usage
     cost = prices.cost(request.body.get("model"), usage)
     if tries.discarded_usd and cost is not None:
         cost += tries.discarded_usd
     parsed = as_json(reply.completion) if json_mode else None
-    invalid = json_mode and parsed is None
+    error_type, error = None, None
+    if reply.finish_reason == CONTENT_FILTER:
+        error_type, error = CONTENT_FILTER, "the provider's content filter stopped the answer"
+    elif json_mode and parsed is None:
+        error_type, error = INVALID_JSON, invalid_json_message(reply.completion)
     return Result(
         custom_id=request.custom_id,
-        status="error" if invalid else "ok",
+        status="ok" if error_type is None else "error",
         completion=reply.completion,
         finish_reason=reply.finish_reason,
         reasoning=reply.reasoning,
@@ -55,11 +73,12 @@ def ok_result(
         response_id=reply.response_id,
         latency_s=answer.latency_s,
         attempts=tries.made,
-        error_type=INVALID_JSON if invalid else None,
-        error=invalid_json_message(reply.completion) if invalid else None,
-        http_status=200 if invalid else None,
+        error_type=error_type,
+        error=error,
+        http_status=None if error_type is None else 200,
         completions=list(reply.completions) if reply.completions is not None else None,
         json=parsed,
+        budget_usd=tries.charged_usd or None,
     )
 
 
@@ -75,6 +94,7 @@ def error_result(custom_id: str, exc: ProviderError, tries: Tries) -> Result:
         http_status=exc.status,
         # A fatal error (bad key, unpaid account) says nothing about the row: send it again next run.
         retryable=exc.retryable or exc.error_class is ErrorClass.FATAL,
+        budget_usd=tries.charged_usd or None,
     )
 
 

@@ -24,7 +24,7 @@ from batchrun.providers.headers import RateInfo
 from batchrun.records import Request, Usage
 from batchrun.retry import RETRY_AFTER_CAP_S
 
-SERVER_SIDE = {"server_error", "overloaded", "timeout", "connection", "bad_response"}
+SERVER_SIDE = {"server_error", "overloaded", "timeout", "connection", "truncated"}  # see batchrun.retry
 EMA_WEIGHT = 0.05  # how fast the running average of completion tokens follows new replies
 LOW_WATER = 0.1  # slow down when a header says less than this share of a limit is left
 LONG_WINDOW_S = 1.0  # a reset further off than this is a long window: its headers are worth heeding

@@ -79,6 +79,9 @@ class Result:
     completions: list[str | None] | None = None  # every choice (n > 1); null for a single choice
     json: str | None = None  # the completion as canonical JSON text, when the request asked for JSON
     retryable: bool = False  # an error a rerun sends again (rate limits, 5xx); not an output column
+    # What `max_cost_usd` counted for the row: its cost, or the worst case where a reply gave no usage (a
+    # resumed run's budget starts from it); not an output column.
+    budget_usd: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -86,6 +89,6 @@ class Result:
         return self.status == "ok"
 
 
-INTERNAL_FIELDS = ("retryable",)  # journaled, not written to the output
+INTERNAL_FIELDS = ("retryable", "budget_usd")  # journaled, not written to the output
 OUTPUT_COLUMNS = tuple(f.name for f in fields(Result) if f.name not in INTERNAL_FIELDS)
 """Contract 2: the columns batchrun appends to the input's, in this order."""

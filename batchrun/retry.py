@@ -1,8 +1,24 @@
 """Which failures are retried, and how long to wait before the next attempt.
 
 Classification looks at the provider's error code first (DashScope's `Arrearage` is a 400 but stops the
-run; OpenAI's `insufficient_quota` is a 429 that no retry can fix), then at the HTTP status. It never
-searches message text.
+run; OpenAI's `insufficient_quota` is a 429 that no retry can fix), then at the few words providers document
+in a message instead of a code (`MESSAGE_RULES`: the message's first `MESSAGE_CHARS` characters, ignoring
+case), then at the HTTP status.
+
+What a failure says about the server, and so what is done with it:
+
+- **Down or overloaded**: 5xx, 529, timeouts, refused or reset connections, and a body cut short
+  (`truncated`: the connection broke before the reply's framing said it had ended, or an event stream
+  stopped before its end event and before any `finish_reason`). Retried up to `max_attempts`; these, and
+  only these, feed the outage breaker (`batchrun.pacing.SERVER_SIDE`).
+- **Up, but its reply cannot be used** (`bad_response`): a complete 2xx body that is not JSON, is HTML,
+  lacks `choices` / `message` / `content`, carries negative or absurd token counts, is in a corrupt or
+  unknown content coding, or is larger than `[limits] max_reply_mib`. "Complete" is the transport's word:
+  the framing (Content-Length, chunked encoding, or the connection's close for a body with neither) said
+  the body had ended. Asked once more (`BAD_RESPONSE_TRIES` in all: a flaky gateway may do better), then
+  that row fails; it never feeds the breaker, since the server answered.
+- **The endpoint is wrong**: a certificate that does not verify, a redirect, a 404 on the path, HTML or no
+  connection at all from an endpoint that never answered: the run stops at once (`batchrun.endpoint`).
 """
 
 from __future__ import annotations
@@ -43,20 +59,38 @@ TRANSIENT_CODES: dict[str, str] = {
     "timeout": "timeout",
     "connection": "connection",
     "bad_response": "bad_response",
+    "truncated": "truncated",
 }
+# Words a provider documents in an error's message rather than in a code, with the status they go with
+# (None: any): what they mean for the run.
+MESSAGE_RULES: tuple[tuple[str, int | None, ErrorClass, str], ...] = (
+    # maxtoken's error table lists "Content policy violation" under 503 ("actual status code is 400").
+    ("content policy", None, ErrorClass.ROW, "content_filter"),
+    # A 403 that means an empty account, not a bad key: retrying or changing the key cannot help.
+    ("insufficient balance", None, ErrorClass.FATAL, "billing"),
+)
+MESSAGE_CHARS = 200
+BAD_RESPONSE_TRIES = 2  # an unreadable reply is asked for once more, then its row fails
 RETRY_AFTER_CAP_S = 300.0
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 529}
 
 
-def classify(status: int | None, code: str | None) -> tuple[ErrorClass, str]:
-    """The class (retry, row, fatal) and the `error_type` of a failure, from its code, else its status."""
+def classify(status: int | None, code: str | None, message: str | None = None) -> tuple[ErrorClass, str]:
+    """The class (retry, row, fatal) and the `error_type` of a failure: its code, its message, its status."""
     if code:
         if code in FATAL_CODES:
             return ErrorClass.FATAL, FATAL_CODES[code]
         if code in ROW_CODES:
             return ErrorClass.ROW, ROW_CODES[code]
-        if code in TRANSIENT_CODES:
-            return ErrorClass.RETRY, TRANSIENT_CODES[code]
+    said = by_message(status, message)
+    if said is not None:
+        return said
+    if code and code in TRANSIENT_CODES:
+        return ErrorClass.RETRY, TRANSIENT_CODES[code]
+    if status is not None and 300 <= status < 400:
+        return ErrorClass.FATAL, "redirect"
+    if status == 402:
+        return ErrorClass.FATAL, "billing"
     if status in (401, 403):
         return ErrorClass.FATAL, "auth"
     if status == 404:
@@ -72,6 +106,38 @@ def classify(status: int | None, code: str | None) -> tuple[ErrorClass, str]:
     if status is not None and 400 <= status < 500:
         return ErrorClass.ROW, "bad_request"
     return ErrorClass.RETRY, "server_error"
+
+
+def by_message(status: int | None, message: str | None) -> tuple[ErrorClass, str] | None:
+    """What a documented phrase in the message means (`MESSAGE_RULES`); None when it holds none."""
+    if not message:
+        return None
+    words = message[:MESSAGE_CHARS].lower()
+    for phrase, when, error_class, error_type in MESSAGE_RULES:
+        if phrase in words and when in (None, status):
+            return error_class, error_type
+    return None
+
+
+def bad_response(message: str, status: int | None = 200) -> ProviderError:
+    """A reply the server completed but batchrun cannot use (see the module docstring)."""
+    return ProviderError(
+        message, error_type="bad_response", error_class=ErrorClass.RETRY, status=status, code="bad_response"
+    )
+
+
+def cut_short(message: str, status: int | None = 200) -> ProviderError:
+    """A reply that broke off before its end (see the module docstring): the server's trouble, retried."""
+    return ProviderError(
+        message, error_type="truncated", error_class=ErrorClass.RETRY, status=status, code="truncated"
+    )
+
+
+def final(exc: ProviderError) -> ProviderError:
+    """`exc` as its row's last word: the same failure, no more tries."""
+    return ProviderError(
+        exc.message, error_type=exc.error_type, error_class=ErrorClass.ROW, status=exc.status, code=exc.code
+    )
 
 
 class BackoffWait:

@@ -6,8 +6,8 @@
   counts, exit status), and progress lines every interval even when a terminal shows a live display.
 - Progress: a live display (rich) when stderr is a terminal, else `progress:` log lines every interval.
 
-The API key never reaches either: no message contains it, and a filter replaces it with `***` should one
-ever try.
+The API key never reaches either: no message contains it, and a filter replaces it (and every other secret
+of the run in progress: see `batchrun.redact`) with `***` should one ever try.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from batchrun.progress import ConsoleHandler, LiveDisplay, LogLines, Observer
+from batchrun.redact import current, redact
 
 log = logging.getLogger("batchrun")
 # Start and end lines: the log file only (stderr has the summary for that).
@@ -36,18 +37,43 @@ def log_path(output: Path) -> Path:
 
 
 class Redact(logging.Filter):
-    """Replaces a secret (the API key) in a record's message with `***`."""
+    """Replaces a secret (the API key), and those of the run in progress, in a record's message with `***`."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str | None) -> None:
         super().__init__()
-        self.secret = secret
+        self.secrets = (secret,) if secret else ()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite the message when it holds the secret; keep every record."""
+        """Rewrite the message when it holds a secret; keep every record."""
         message = record.getMessage()
-        if self.secret in message:
-            record.msg, record.args = message.replace(self.secret, "***"), None
+        cleaned = redact(message, (*self.secrets, *current()))
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
         return True
+
+
+class _LogFile(logging.FileHandler):
+    """The log file; one it cannot write (a full disk) is a one-line warning, not a traceback per line."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Stop writing the file and say so once on stderr, with no traceback."""
+        log.removeHandler(self)
+        file_only.removeHandler(self)
+        self._warn("any more; going on without it")
+
+    def close(self) -> None:
+        """Close the file; lines still buffered that cannot be written are lost, with the same warning."""
+        try:
+            super().close()
+        except OSError:
+            self._warn("(its last lines are lost)")
+
+    def _warn(self, what: str) -> None:
+        if not self.failed:
+            self.failed = True
+            log.warning("cannot write the log file %s %s", self.baseFilename, what)
 
 
 class Drop(logging.Filter):
@@ -81,7 +107,7 @@ def file_logging(path: Path, *, secret: str | None) -> Iterator[None]:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        handler = _LogFile(path, mode="a", encoding="utf-8")
     except OSError as exc:
         log.warning("cannot write the log file %s (%s); going on without it", path, exc.strerror or exc)
         yield
@@ -90,12 +116,11 @@ def file_logging(path: Path, *, secret: str | None) -> Iterator[None]:
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
     handler.setLevel(logging.INFO)
-    redact = Redact(secret) if secret else None
+    redacting = Redact(secret)
     others = list(log.handlers)
-    if redact is not None:
-        handler.addFilter(redact)
-        for other in others:
-            other.addFilter(redact)
+    handler.addFilter(redacting)
+    for other in others:
+        other.addFilter(redacting)
     log.addHandler(handler)
     file_only.addHandler(handler)
     file_only.setLevel(logging.INFO)
@@ -104,9 +129,8 @@ def file_logging(path: Path, *, secret: str | None) -> Iterator[None]:
     finally:
         log.removeHandler(handler)
         file_only.removeHandler(handler)
-        if redact is not None:
-            for other in others:
-                other.removeFilter(redact)
+        for other in others:
+            other.removeFilter(redacting)
         handler.close()
 
 

@@ -27,10 +27,20 @@ from anyio.abc import TaskStatus
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from batchrun import runlog
+from batchrun.bodies import MIB
 from batchrun.cache import ResponseCache
 from batchrun.channels import receive, send
-from batchrun.endpoint import api_key, cache_scope, fatal_message, open_endpoint
-from batchrun.errors import BatchrunError, ErrorClass, ProviderError, StopRun, UsageError
+from batchrun.endpoint import Contact, api_key, cache_scope, fatal_message, open_endpoint, read_key
+from batchrun.errors import (
+    EXIT_INTERNAL,
+    BatchrunError,
+    ErrorClass,
+    ProviderError,
+    StopRun,
+    UsageError,
+    user_error,
+)
 from batchrun.gctuning import quiet_gc
 from batchrun.inputs import PromptSet, Slice
 from batchrun.job import Job
@@ -41,12 +51,14 @@ from batchrun.pricing import PriceBook
 from batchrun.progress import Observer, Snapshot, watch
 from batchrun.providers import Provider, make_provider
 from batchrun.records import Request, Result
-from batchrun.retry import BackoffWait, retrying
+from batchrun.redact import hiding, redact_data, secrets_of
+from batchrun.retry import BAD_RESPONSE_TRIES, BackoffWait, final, retrying
 from batchrun.store import RunStore
 from batchrun.structured import as_json, invalid_json_error, wants_json
 from batchrun.summary import Summary, failure_summary, summarize, summary_path, write_summary_json
 from batchrun.sweep import prompt_set, request_models
 from batchrun.transport import Answer, Sender, Timeouts, make_transport
+from batchrun.validate import check_input
 
 if TYPE_CHECKING:
     import polars as pl
@@ -70,19 +82,29 @@ def run_job(
 
     Raises `UsageError` before anything is sent when the job, input or environment is wrong, and `StopRun`
     when the run had to stop early (its message says why; a rerun resumes). Either way the outcome is
-    written to the summary file beside the output (`summary_path`), for schedulers. `transport` replaces
+    written to the summary file beside the output (`summary_path`), for schedulers; so is an unexpected
+    exception (a bug), which is raised as it is, the summary saying `exit_code` 4. `transport` replaces
     the network, for tests; `observers` see the run's progress (see `batchrun.progress`).
     """
     started = _now()
-    try:
-        summary = anyio.run(
-            _run_async, job, limit, fresh, transport, tuple(observers), backend_options=_loop_options()
-        )
-    except BatchrunError as exc:
-        outcome = failure_summary(job.name, job.output_path, exc.exit_code, str(exc))
-        _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
-        raise
-    _write_summary(job, summary.as_dict() | {"started_at": started, "ended_at": _now()})
+    provider = job.provider
+    key = read_key(provider.api_key_env) if provider.api_key_env else None
+    # Every string from a reply, and every message, is redacted of these while the run lasts.
+    with hiding(secrets_of(key, provider.base_url, provider.headers)):
+        try:
+            summary = anyio.run(
+                _run_async, job, limit, fresh, transport, tuple(observers), backend_options=_loop_options()
+            )
+        except BatchrunError as exc:
+            outcome = failure_summary(job.name, job.output_path, exc.exit_code, str(exc))
+            _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
+            raise
+        except Exception as exc:
+            message = f"internal error (a bug in batchrun): {type(exc).__name__}: {exc}"
+            outcome = failure_summary(job.name, job.output_path, EXIT_INTERNAL, message[:2000])
+            _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
+            raise
+        _write_summary(job, summary.as_dict() | {"started_at": started, "ended_at": _now()})
     return summary
 
 
@@ -94,7 +116,7 @@ def _loop_options() -> dict[str, Any]:
 def _write_summary(job: Job, data: dict[str, Any]) -> None:
     path = summary_path(job.output_path)
     try:
-        write_summary_json(path, data)
+        write_summary_json(path, redact_data(data))
     except OSError as exc:  # the output is written: a summary file that cannot be is not worth the run
         log.warning("cannot write the summary file %s (%s)", path, exc.strerror or exc)
 
@@ -108,6 +130,13 @@ async def _run_async(
 ) -> Summary:
     prompts = prompt_set(job, limit=limit)
     key = api_key(job)
+    if key is not None and not key.isascii():
+        # httpx refused it with a traceback; the key itself is never shown, only where to look.
+        at = next(i for i, c in enumerate(key) if not c.isascii()) + 1
+        raise UsageError(
+            f"{job.source}: the key in {job.provider.api_key_env} holds a character that is not ASCII (its "
+            f"character {at}; a pasted ellipsis or quote?), which no HTTP header can carry: set it again"
+        )
     prices = PriceBook(
         input=job.pricing.input, output=job.pricing.output, cached_input=job.pricing.cached_input
     )
@@ -118,16 +147,27 @@ async def _run_async(
                     f"{job.source}: [limits] max_cost_usd needs a price, and none is known for model "
                     f"{model!r}: set [pricing] input and output"
                 )
+    report = check_input(prompts)  # every row, before the first request: a bad one stops the job here
+    runlog.file_only.info("input checked: %d rows, %d bad, %.1f s", report.rows, report.bad, report.seconds)
+    report.enforce()
     cache = None
     if job.cache.enabled:
         cache = ResponseCache(job.cache.path, kind=job.provider.kind, base_url=cache_scope(job))
+    store = RunStore(job.output_path)
+    runner: Runner | None = None
     try:
         with open_endpoint(job) as base_url:
             provider = make_provider(
                 job.provider.kind, base_url, key, job.provider.headers, job.provider.auth
             )
-            runner = Runner(job, prompts, provider, RunStore(job.output_path), prices, cache, observers)
+            runner = Runner(job, prompts, provider, store, prices, cache, observers)
             return await runner.run(fresh=fresh, transport=transport)
+    except Exception as exc:
+        sent = runner is not None and runner.counters.sent > 0
+        error = user_error(exc, sent=sent, folder=store.dir)
+        if error is None:
+            raise
+        raise error from None
     finally:
         if cache is not None:
             cache.close()
@@ -163,6 +203,7 @@ class Runner:
         )
         self.budget: Budget | None = None
         self.timeouts = Timeouts(connect_s=limits.connect_timeout_s, total_s=limits.timeout_s)
+        self.contact = Contact(provider.url())
         self.counters = Counters()
         self.in_flight = 0
         self.stop_reason: str | None = None
@@ -217,7 +258,7 @@ class Runner:
         requests_tx, requests_rx = anyio.create_memory_object_stream[Request](concurrency * 2)
         results_tx, results_rx = anyio.create_memory_object_stream[Result](concurrency * 2)
         transport = transport or make_transport(concurrency)
-        sender = Sender(transport, self.provider, self.timeouts)
+        sender = Sender(transport, self.provider, self.timeouts, int(self.job.limits.max_reply_mib * MIB))
         async with transport, anyio.create_task_group() as tg:
             tg.start_soon(self._writer, results_rx)
             signal_scope = await tg.start(self._watch_signals)
@@ -270,12 +311,12 @@ class Runner:
     ) -> None:
         async with requests, results:
             done = self.store.finished_ids().implode()
-            frames = self.prompts.frames()
+            batches = self.prompts.batches()
             # Reading (polars, mostly outside the GIL) runs in a worker thread; rendering (Python) runs
             # here a short piece at a time: in a thread it held the GIL for 5 ms turns and slowed every
             # request in flight, and a whole slice at once stalled them all for 80 ms.
-            while (batch := await anyio.to_thread.run_sync(next, frames, None)) is not None:
-                for piece in self.prompts.render_frame(*batch):
+            while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
+                for piece in self.prompts.render_batch(batch):
                     if self._draining:
                         return  # stopping: render and queue nothing more
                     self.store.write_input(piece.frame, piece.part)
@@ -331,15 +372,16 @@ class Runner:
                 reserved = self._reserve(request)
                 if reserved is None:
                     return
+                tries = Tries(worst_usd=reserved)
                 self.in_flight += 1
                 try:
-                    result = await self._process(sender, request)
+                    result = await self._process(sender, request, tries)
                 finally:
                     self.in_flight -= 1
                     if self.budget is not None:
                         self.budget.release(reserved)
                 if self.budget is not None:
-                    self.budget.spend(result.cost_usd)
+                    self.budget.spend(tries.charged_usd)
                 try:
                     results.send_nowait(result)  # the usual case, and no cancel scope to pay for
                 except anyio.WouldBlock:
@@ -361,11 +403,11 @@ class Runner:
         )
         return None
 
-    async def _process(self, sender: Sender, request: Request) -> Result:
+    async def _process(self, sender: Sender, request: Request, tries: Tries) -> Result:
         """One row, with retries; a fatal error stops the run and cancels this task."""
         limits = self.job.limits
         json_mode = wants_json(request.body)
-        tries = Tries(retry_json=json_mode and limits.retry_invalid_json)
+        tries.retry_json = json_mode and limits.retry_invalid_json
         try:
             try:
                 answer = await self._attempt(sender, request, tries)
@@ -386,6 +428,8 @@ class Runner:
                     with try_:
                         answer = await self._attempt(sender, request, tries)
         except ProviderError as exc:
+            if exc.retryable:  # out of tries: an endpoint that never answered stops the run now
+                exc = self.contact.check(exc, last_try=True) or exc
             if exc.error_class is ErrorClass.FATAL:
                 self._stop(exc)
             return error_result(request.custom_id, exc, tries)
@@ -402,22 +446,40 @@ class Runner:
         self.counters.sent += 1
         try:
             answer = await sender.attempt(request)
-        except ProviderError as exc:
+        except ProviderError as failed:
+            exc = self._judge(failed, tries)
             self.limiter.on_failure(ticket, exc, self.job.limits.backoff_base_s)
             if self.limiter.breaker.is_open:
                 tries.counted -= 1  # the provider is down: not this row's fault, nor its budget
                 self.limiter.breaker.check_outage(self.job.limits.max_outage_s)
-            raise
+            raise exc from None
         except BaseException:
             self.limiter.abandon(ticket)
             raise
         self.limiter.on_success(ticket, answer.reply.usage, answer.rate)
+        self.contact.answered()
+        if self.budget is not None:
+            tries.charge(self.prices.cost(request.body.get("model"), answer.reply.usage))
         text = answer.reply.completion
         if tries.retry_json and tries.counted < self.job.limits.max_attempts and as_json(text) is None:
             # The answer was paid for even though it is sent again: the row's cost includes it.
             tries.discarded_usd += self.prices.cost(request.body.get("model"), answer.reply.usage) or 0
             raise invalid_json_error(text)
         return answer
+
+    def _judge(self, exc: ProviderError, tries: Tries) -> ProviderError:
+        """What a failed try means for the row and the run (see `batchrun.retry`'s classes).
+
+        A reply the server completed (2xx) was most likely billed, readable or not. An unreadable one is
+        asked for `BAD_RESPONSE_TRIES` times at most. An endpoint that never answered stops the run.
+        """
+        if self.budget is not None and exc.status is not None and 200 <= exc.status < 300:
+            tries.charge(None)
+        if exc.error_type == "bad_response":
+            tries.unreadable += 1
+            if tries.unreadable >= BAD_RESPONSE_TRIES:
+                exc = final(exc)
+        return self.contact.check(exc, last_try=False) or exc
 
     def _stop(self, exc: ProviderError) -> None:
         if self.stop_reason is None:

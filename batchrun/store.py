@@ -52,7 +52,7 @@ def result_schema() -> dict[str, Any]:
     for name in RESULT_FIELDS:
         if name in ints or name in ("attempts", "http_status"):
             schema[name] = pl.Int64
-        elif name in ("cost_usd", "latency_s"):
+        elif name in ("cost_usd", "latency_s", "budget_usd"):
             schema[name] = pl.Float64
         elif name in ("retryable", "cached"):
             schema[name] = pl.Boolean
@@ -109,8 +109,9 @@ class RunStore:
         return pl.Series("custom_id", table.column(0), dtype=pl.String)
 
     def spent_usd(self) -> float:
-        """What earlier runs of this job spent: the cost of the latest answer per row in the journal."""
-        table = self._latest("sum(cost_usd)")
+        """What earlier runs of this job spent: the latest answer's cost per row in the journal, or what the
+        budget counted for it when its reply gave no usage."""
+        table = self._latest("sum(coalesce(budget_usd, cost_usd))")
         return float(table.column(0)[0].as_py() or 0.0) if table is not None else 0.0
 
     def _latest(self, select: str, where: str = "true") -> Any:
@@ -122,7 +123,7 @@ class RunStore:
         if not self.journal.is_file() or self.journal.stat().st_size == 0:
             return None  # a fresh run: not even DuckDB's import is worth paying for
         with duck.connect(ASSEMBLE_MEMORY_MB, self.dir / "resume.tmp") as db:
-            self._create_latest(db, ("custom_id", "retryable", "cost_usd"))
+            self._create_latest(db, ("custom_id", "retryable", "cost_usd", "budget_usd"))
             return db.sql(f"SELECT {select} FROM latest WHERE {where}").to_arrow_table()
 
     def _create_latest(self, db: duckdb.DuckDBPyConnection, fields: Sequence[str] = RESULT_FIELDS) -> None:

@@ -27,6 +27,7 @@ from batchrun.errors import JobFileError
 from batchrun.inputs import SLICE_ROWS, PromptSet, Slice
 from batchrun.job import Job, _format_validation_error
 from batchrun.matrix import Axis, axes, combinations
+from batchrun.readers import Batch
 
 if TYPE_CHECKING:
     import polars as pl
@@ -120,10 +121,10 @@ class SweepPromptSet(PromptSet):
         rows = super().count_rows()
         return None if rows is None else rows * len(self.variants)
 
-    def render_frame(self, frame: pl.DataFrame, first_row: int) -> Iterator[Slice]:
-        """A slice of the input once per variant (variant after variant), labelled with its variant."""
+    def render_batch(self, batch: Batch) -> Iterator[Slice]:
+        """A batch of the input once per variant (variant after variant), labelled with its variant."""
         for variant, prompts in zip(self.variants, self.sets, strict=True):
-            for piece in prompts.render_frame(frame, first_row):
+            for piece in prompts.render_batch(batch):
                 yield Slice(self._label(piece.frame, variant), piece.items, part=f"v{variant.index:04d}-")
 
     def _label(self, frame: pl.DataFrame, variant: Variant) -> pl.DataFrame:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from batchrun import http1
+from batchrun.errors import ProviderError
 from batchrun.transport import Timeouts, Transport
 
 # Raw bytes to answer with, or an action on the connection (which the server closes after it).
@@ -164,7 +165,8 @@ def test_an_idle_connection_past_keepalive_is_not_reused() -> None:
 
 
 def test_failures_raise_oserror_or_timeouterror() -> None:
-    """A dropped connection, a reply that is not HTTP, a body cut short, a refused port, a slow server."""
+    """A dropped connection, a reply that is not HTTP, a refused port, a slow server: OSError or
+    TimeoutError; a body cut short after its head: a retryable `truncated` with the status."""
 
     def drop(writer: asyncio.StreamWriter) -> None:
         writer.transport.abort()
@@ -179,8 +181,10 @@ def test_failures_raise_oserror_or_timeouterror() -> None:
                 await post(pool, server.url)
             with pytest.raises(ConnectionError, match="not valid HTTP"):
                 await post(pool, server.url)
-            with pytest.raises(ConnectionResetError, match="before the reply ended"):
+            with pytest.raises(ProviderError, match="before the reply's body ended") as info:
                 await post(pool, server.url)
+            cut = info.value
+            assert (cut.error_type, cut.status, cut.retryable) == ("truncated", 200, True)
             pool.close()
         with pytest.raises(ConnectionRefusedError):
             await post(http1.Pool(), server.url)  # the server is gone
@@ -266,7 +270,7 @@ def test_behind_a_proxy_requests_go_through_aiohttp_to_the_proxy(monkeypatch: py
             monkeypatch.setenv("HTTP_PROXY", proxy.url.split("/v1")[0])
             transport = Transport(4)
             route = http1.route("http://api.example.invalid/v1/chat/completions", {"x-a": "b"})
-            status, _, body = await transport.post(route, b"{}", Timeouts(connect_s=2, total_s=5))
+            status, _, body = await transport.post(route, b"{}", Timeouts(connect_s=2, total_s=5), 2**20)
             await transport.aclose()
         assert (status, body) == (200, b'{"via":"proxy"}')
         assert proxy.requests[0].startswith(b"POST http://api.example.invalid/v1/chat/completions HTTP/1.1")
@@ -302,8 +306,9 @@ def test_an_error_reply_in_an_unknown_coding_keeps_its_status_and_an_upgrade_is_
             pool = http1.Pool()
             status, headers, body = await post(pool, server.url)
             assert (status, headers["retry-after"], body) == (429, "3", b"\x8b\x00")
-            with pytest.raises(ConnectionError, match="'br' coding"):
+            with pytest.raises(ProviderError, match="'br' coding") as info:
                 await post(pool, server.url)  # a 200 must be read: an unreadable one is an error
+            assert info.value.error_type == "bad_response"
             with pytest.raises(ConnectionError, match="not valid HTTP"):
                 await post(pool, server.url)
             pool.close()

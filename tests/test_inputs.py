@@ -138,7 +138,7 @@ def test_missing_id_column_is_named(write_job: WriteJob, reviews: Path) -> None:
 def test_null_in_a_template_column_fails_only_that_row(
     write_job: WriteJob, reviews: Path, tmp_path: Path
 ) -> None:
-    """A null in a template column gives an `invalid_input` error Result for that row; the others are sent."""
+    """Rendered, a null in a template column gives an `invalid_input` error Result naming its line and id."""
     path = tmp_path / "nulls.jsonl"
     pl.read_ndjson(reviews).head(3).with_columns(
         pl.when(pl.int_range(pl.len()) == 1).then(None).otherwise(pl.col("title")).alias("title")
@@ -150,7 +150,7 @@ def test_null_in_a_template_column_fails_only_that_row(
     assert isinstance(bad, Result)
     assert bad.status == "error"
     assert bad.error_type == "invalid_input"
-    assert bad.error == "row 1: column 'title' is null"
+    assert bad.error == """line 2 (id "r0002"): column 'title' is null"""
     assert bad.retryable is False
     assert frame(prompts)["custom_id"].to_list() == [item.custom_id for item in out]
 
@@ -403,19 +403,19 @@ def test_rows_are_rendered_a_short_piece_at_a_time_and_the_first_read_is_short(
     monkeypatch.setattr(inputs, "RENDER_ROWS", 10)
     job = make_job(write_job, reviews, id_column=None, overrides=("limits.concurrency=4",))
     prompts = PromptSet(job, slice_rows=15)
-    assert [frame.height for frame, _ in prompts.frames()] == [10, 15, 15]
+    assert [batch.frame.height for batch in prompts.batches()] == [10, 15, 15]
     pieces = list(prompts.slices())
     assert [piece.frame.height for piece in pieces] == [10, 10, 5, 10, 5]
     whole = PromptSet(job, slice_rows=1_000)
     assert [i.custom_id for p in pieces for i in p.items] == [r.custom_id for r in requests(whole)]
     wide = make_job(write_job, reviews, id_column=None, overrides=("limits.concurrency=12",))
-    assert [frame.height for frame, _ in PromptSet(wide, slice_rows=15).frames()] == [12, 15, 13]
+    assert [batch.frame.height for batch in PromptSet(wide, slice_rows=15).batches()] == [12, 15, 13]
 
 
 def test_slices_number_rows_across_slices_in_error_messages(
     write_job: WriteJob, reviews: Path, tmp_path: Path
 ) -> None:
-    """An error row in a later slice reports its row number in the whole file, not within the slice."""
+    """An error row in a later slice names its 1-based line in the whole file and its id, not its slice's."""
     path = tmp_path / "late_null.jsonl"
     frame_ = pl.read_ndjson(reviews).head(10)
     frame_.with_columns(
@@ -424,7 +424,7 @@ def test_slices_number_rows_across_slices_in_error_messages(
     out = items(PromptSet(make_job(write_job, path), slice_rows=4))
     errors: list[Any] = [item for item in out if isinstance(item, Result)]
     assert len(errors) == 1
-    assert errors[0].error == "row 8: column 'text' is null"
+    assert errors[0].error == f"line 9 (id {json.dumps(frame_['id'][8])}): column 'text' is null"
     assert out.index(errors[0]) == 8
 
 

@@ -174,5 +174,5 @@ def test_started_can_be_set_to_resume_or_backfill_an_earlier_day(write_job: Writ
     """`--set started=2026-11-22` points `{date}` at that day, so yesterday's stopped run can be resumed."""
     path = write_job(URL, '\n[output]\npath = "out/{date}.parquet"\n', header=provider())
     assert load_job(path, ["started=2026-11-22"]).output_path == tmp_path / "out" / "2026-11-22.parquet"
-    with pytest.raises(JobFileError, match="started: Input should be a valid datetime"):
+    with pytest.raises(JobFileError, match="started takes a date"):
         load_job(path, ["started=yesterday"])

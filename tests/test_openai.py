@@ -106,7 +106,7 @@ def test_parse_input_output_token_names() -> None:
 
 @pytest.mark.parametrize(
     "usage",
-    [None, "n/a", {"prompt_tokens": "12", "completion_tokens": True}, {"prompt_tokens": 2**70}],
+    [None, "n/a", {"prompt_tokens": "12", "completion_tokens": True}, {"prompt_tokens": float("nan")}],
 )
 def test_parse_missing_or_odd_usage_gives_unknown_counts(usage: Any) -> None:
     """Missing usage, or counts that are not numbers, give None counts rather than made-up ones."""
@@ -309,9 +309,11 @@ def test_non_json_error_bodies_are_classified_by_status(
 
 
 def test_long_non_json_error_body_is_cut() -> None:
-    """A huge HTML error page is cut to its first 300 bytes in the message."""
+    """A huge error page, or a huge JSON error message, is cut to its first 200 characters."""
     exc = PROVIDER.error(502, httpx.Headers(), b"x" * 10_000)
-    assert exc.message == "x" * 300
+    assert exc.message == "x" * 199 + "…"
+    long_message = json.dumps({"error": {"message": "y" * 10_000}}).encode()
+    assert len(PROVIDER.error(400, httpx.Headers(), long_message).message) == 200
 
 
 def test_error_carries_retry_after_from_headers() -> None:
@@ -378,3 +380,33 @@ def test_a_null_cached_tokens_falls_back_to_prompt_cache_hit_tokens() -> None:
         "prompt_cache_hit_tokens": 4,
     }
     assert parse_usage(usage).cached_tokens == 4
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -2e14, "completion_tokens": 1},
+        {"prompt_tokens": 12, "completion_tokens": 10**12},
+        {"prompt_tokens": 12, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": -1}},
+        {"prompt_tokens": float("inf"), "completion_tokens": 1},
+    ],
+)
+def test_negative_or_absurd_token_counts_are_a_bad_response(usage: dict[str, Any]) -> None:
+    """A count below 0 or past any context is not believed: the reply is a `bad_response`."""
+    with pytest.raises(ProviderError, match="not believed") as info:
+        PROVIDER.parse(reply({"content": "x"}, usage))
+    assert info.value.error_type == "bad_response"
+
+
+def test_odd_field_types_are_dropped_not_trusted() -> None:
+    """Text parts are joined; a number where text belongs is dropped; details that are not objects ignored."""
+    body = json.loads(
+        reply({"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}, None)
+    )
+    body["model"], body["id"] = 7, ["x"]
+    body["usage"] = {"prompt_tokens": 3, "completion_tokens": 1, "prompt_tokens_details": ["odd"]}
+    parsed = PROVIDER.parse(json.dumps(body).encode())
+    assert (parsed.completion, parsed.model, parsed.response_id) == ("ab", None, None)
+    assert parsed.usage.prompt_tokens == 3
+    with pytest.raises(ProviderError, match="not text"):
+        PROVIDER.parse(reply({"content": 42}, None))

@@ -64,7 +64,12 @@ RETRY, ROW, FATAL = ErrorClass.RETRY, ErrorClass.ROW, ErrorClass.FATAL
         (None, "timeout", RETRY, "timeout"),
         (None, "connection", RETRY, "connection"),
         (None, "bad_response", RETRY, "bad_response"),
+        (None, "truncated", RETRY, "truncated"),
         (None, None, RETRY, "server_error"),
+        # Redirects are not followed; 402 means no money.
+        (301, None, FATAL, "redirect"),
+        (308, None, FATAL, "redirect"),
+        (402, None, FATAL, "billing"),
     ],
 )
 def test_classify(status: int | None, code: str | None, error_class: ErrorClass, error_type: str) -> None:
@@ -85,6 +90,28 @@ def state_after(attempt: int, exc: BaseException) -> RetryCallState:
     state.attempt_number = attempt
     state.set_exception((type(exc), exc, None))
     return state
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message", "error_class", "error_type"),
+    [
+        # maxtoken documents "Content policy violation" under 503: the row fails, whatever the status.
+        (503, None, "Content policy violation", ROW, "content_filter"),
+        (400, "InvalidParameter", "Request blocked: content POLICY", ROW, "content_filter"),
+        (403, None, "Insufficient balance, please top up", FATAL, "billing"),
+        (403, None, "Access denied", FATAL, "auth"),
+        (503, None, "Service busy", RETRY, "server_error"),
+        # A code that says more than the words keeps its meaning.
+        (429, "insufficient_quota", "content policy", FATAL, "billing"),
+        # Only the message's start is read: words far down a long message are not looked for.
+        (503, None, "x" * 300 + " content policy", RETRY, "server_error"),
+    ],
+)
+def test_classify_by_documented_words(
+    status: int, code: str | None, message: str, error_class: ErrorClass, error_type: str
+) -> None:
+    """A phrase a provider documents in its error message classifies it; other words do not."""
+    assert classify(status, code, message) == (error_class, error_type)
 
 
 def test_backoff_honours_retry_after() -> None:

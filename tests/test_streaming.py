@@ -81,13 +81,22 @@ def test_openai_stream_with_n_choices() -> None:
 
 
 def test_openai_stream_without_done_is_retried() -> None:
-    """A stream that ends before `[DONE]` is a retryable bad_response, not a short answer."""
+    """A stream that ends before `[DONE]` and before a finish_reason is a retryable `truncated`."""
     parser = OpenAIStream()
     assert not feed_all(parser, [("message", chunk({"content": "Half an ans"}))])
     with pytest.raises(ProviderError) as info:
         parser.reply()
     assert info.value.retryable
-    assert info.value.error_type == "bad_response"
+    assert info.value.error_type == "truncated"
+
+
+def test_openai_stream_ending_after_its_finish_reason_without_done_is_an_answer() -> None:
+    """Some servers never send `data: [DONE]`: a stream that ends after its finish_reason is whole."""
+    parser = OpenAIStream()
+    events = [("message", chunk({"content": "Whole"})), ("message", chunk({}, finish="stop"))]
+    assert not feed_all(parser, events)
+    reply = parser.reply()
+    assert (reply.completion, reply.finish_reason) == ("Whole", "stop")
 
 
 @pytest.mark.parametrize(
@@ -205,12 +214,16 @@ def test_anthropic_events_fold_into_blocks_and_usage() -> None:
 
 
 def test_anthropic_stream_without_message_stop_is_retried() -> None:
-    """A Messages stream that ends before message_stop is a retryable bad_response."""
+    """A Messages stream cut before its stop_reason is a retryable `truncated`; one cut after it is whole."""
+    events = anthropic_events(stop=False)
     parser = AnthropicStream()
-    assert not feed_all(parser, anthropic_events(stop=False))
+    assert not feed_all(parser, events[:-1])  # without message_delta
     with pytest.raises(ProviderError) as info:
         parser.reply()
-    assert info.value.retryable
+    assert (info.value.retryable, info.value.error_type) == (True, "truncated")
+    whole = AnthropicStream()
+    assert not feed_all(whole, events)
+    assert whole.reply().finish_reason == "tool_calls"
 
 
 def test_anthropic_error_event_is_classified() -> None:

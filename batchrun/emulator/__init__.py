@@ -13,16 +13,20 @@ Endpoints: `POST /v1/chat/completions` (also `/chat/completions`), `POST /v1/mes
 `GET /v1/models`, `GET /health`. Both chat endpoints answer as JSON, or as server-sent events when the
 request sets `stream: true`; on request they add thinking (`enable_thinking` / `thinking`), call a tool the
 request offers (`tools`), answer JSON (`response_format`) or several choices (`n`): see `answers`.
+Both Batch APIs too, on a time scale of seconds (`BatchConfig`): `/v1/files` + `/v1/batches` (`batches`)
+and `/v1/messages/batches` (`msgbatches`), answered by the same code as live requests.
 
 Modules: `config` (EmulatorConfig), `replies` (parsing, reply text, usage), `answers` (thinking, tool
 calls, JSON, n), `dialects` (the OpenAI and Anthropic wire formats, JSON and SSE), `ratelimit` (RPM/TPM
 windows and headers), `faults` (the fault draw, broken connections and cut streams), `app` (the handlers
-and counters), `server` (EmulatorServer and serve).
+and counters), `server` (EmulatorServer and serve), `batchconfig`, `batchjobs` (a batch's phases),
+`batchlines` (an OpenAI batch file's lines), `batches` and `msgbatches` (the Batch APIs).
 """
 
 from __future__ import annotations
 
 from batchrun.emulator.app import STATUS_DROPPED, STATUS_TRUNCATED, Emulator
+from batchrun.emulator.batchconfig import BatchConfig
 from batchrun.emulator.config import EmulatorConfig
 from batchrun.emulator.ratelimit import format_duration
 from batchrun.emulator.replies import DIRECTIVE_400, MODELS, count_tokens
@@ -33,6 +37,7 @@ __all__ = [
     "MODELS",
     "STATUS_DROPPED",
     "STATUS_TRUNCATED",
+    "BatchConfig",
     "Emulator",
     "EmulatorConfig",
     "EmulatorServer",

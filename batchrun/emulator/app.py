@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from batchrun.emulator.answers import answer
+from batchrun.emulator.batches import add_batch_apis
 from batchrun.emulator.config import DEFAULT_CONFIG, EmulatorConfig
 from batchrun.emulator.dialects import ANTHROPIC, OPENAI, Dialect, Parsed
 from batchrun.emulator.faults import (
@@ -109,6 +110,7 @@ class Emulator:
         self.app.router.add_post("/v1/messages", self._messages)
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_get("/health", self._health)
+        self.batches = add_batch_apis(self.app.router, config.batch, config.seed, config.api_key)
 
     @property
     def started_at(self) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from batchrun.emulator.batchconfig import DEFAULT_BATCH_CONFIG, BatchConfig
 from batchrun.emulator.ratelimit import WINDOWS
 
 __all__ = ["DEFAULT_CONFIG", "FAULT_RATES", "EmulatorConfig"]
@@ -65,6 +66,7 @@ class EmulatorConfig:
     # answered 503 (after latency_s).
     outage_after_s: float | None = None
     outage_s: float = 0.0
+    batch: BatchConfig = DEFAULT_BATCH_CONFIG  # the Batch APIs' timing and faults (see `batchconfig`)
 
     def __post_init__(self) -> None:
         """Check every field; a bad value raises ValueError naming the field."""
@@ -101,6 +103,8 @@ class EmulatorConfig:
             raise ValueError(
                 f"EmulatorConfig.outage_after_s must be None or a finite number >= 0, got {after!r}"
             )
+        if not isinstance(self.batch, BatchConfig):
+            raise ValueError(f"EmulatorConfig.batch must be a BatchConfig, got {self.batch!r}")
         if self.api_key is not None and not self.api_key:
             raise ValueError("EmulatorConfig.api_key must be None or a non-empty string")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

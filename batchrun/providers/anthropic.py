@@ -33,11 +33,13 @@ from batchrun.providers.base import (
     auth_header,
     load_json,
     retryable_bad_reply,
+    text_field,
     token_count,
 )
 from batchrun.providers.headers import wait_hint
 from batchrun.records import Reply, Request, Usage
-from batchrun.retry import FATAL_CODES, ROW_CODES, classify
+from batchrun.redact import excerpt
+from batchrun.retry import FATAL_CODES, ROW_CODES, by_message, classify
 
 API_VERSION = "2023-06-01"
 
@@ -161,7 +163,7 @@ class AnthropicProvider:
         except (ValueError, UnicodeDecodeError):
             data = None
         if not isinstance(data, dict):
-            data = {"error": {"message": body[:300].decode("utf-8", "replace").strip() or f"HTTP {status}"}}
+            data = {"error": {"message": excerpt(body) or f"HTTP {status}"}}
         return error_from_body(status, headers, data)
 
 
@@ -187,8 +189,8 @@ def reply_from_blocks(blocks: list[Any], stop_reason: Any, usage: Any, message: 
         completion="".join(texts) if texts else None,
         finish_reason=reason,
         usage=parse_usage(usage),
-        model=message.get("model"),
-        response_id=message.get("id"),
+        model=text_field(message.get("model")),
+        response_id=text_field(message.get("id")),
         reasoning="".join(thoughts) if thoughts else None,
         tool_calls=json.dumps(calls, ensure_ascii=False) if calls else None,
     )
@@ -198,10 +200,10 @@ def parse_usage(usage: Any) -> Usage:
     """Anthropic usage with `prompt_tokens` counting every input token, cached reads and writes included."""
     if not isinstance(usage, dict):
         return Usage()
-    fresh = token_count(usage.get("input_tokens"))
-    read = token_count(usage.get("cache_read_input_tokens"))
-    written = token_count(usage.get("cache_creation_input_tokens"))
-    output = token_count(usage.get("output_tokens"))
+    fresh = token_count(usage.get("input_tokens"), "input_tokens")
+    read = token_count(usage.get("cache_read_input_tokens"), "cache_read_input_tokens")
+    written = token_count(usage.get("cache_creation_input_tokens"), "cache_creation_input_tokens")
+    output = token_count(usage.get("output_tokens"), "output_tokens")
     prompt = None if fresh is None else fresh + (read or 0) + (written or 0)
     total = prompt + output if prompt is not None and output is not None else None
     return Usage(prompt_tokens=prompt, completion_tokens=output, cached_tokens=read, total_tokens=total)
@@ -213,17 +215,18 @@ def error_from_body(status: int, headers: Mapping[str, str], data: Mapping[str, 
     if not isinstance(error, dict):
         error = data if "code" in data or "message" in data else {"message": str(error or data)}
     code = error.get("code")
-    code = str(code) if code is not None else None
+    code = excerpt(str(code), 80) if code is not None else None
     kind = error.get("type")
-    kind = str(kind) if kind is not None else None
-    message = str(error.get("message") or f"HTTP {status}")
-    # A provider code (DashScope's Arrearage, DataInspectionFailed) says more than Anthropic's type does.
-    if code in FATAL_CODES or code in ROW_CODES:
-        error_class, error_type = classify(None, code)
+    kind = excerpt(str(kind), 80) if kind is not None else None
+    message = excerpt(str(error.get("message") or f"HTTP {status}"))
+    # A provider code (DashScope's Arrearage, DataInspectionFailed), or a phrase a provider documents,
+    # says more than Anthropic's type does.
+    if code in FATAL_CODES or code in ROW_CODES or by_message(status, message) is not None:
+        error_class, error_type = classify(status, code, message)
     elif kind in ERROR_TYPES:
         error_class, error_type = ERROR_TYPES[kind]
     else:
-        error_class, error_type = classify(status if status != 200 else None, code or kind)
+        error_class, error_type = classify(status if status != 200 else None, code or kind, message)
     return ProviderError(
         message,
         error_type=error_type,

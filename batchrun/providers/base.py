@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -10,7 +11,11 @@ import orjson
 
 from batchrun.errors import ProviderError
 from batchrun.records import Reply, Request
-from batchrun.retry import classify
+from batchrun.redact import excerpt
+from batchrun.retry import bad_response
+
+MAX_TOKENS = 100_000_000
+"""More tokens than any reply can hold (the largest contexts are ~10M): a count past it is not believed."""
 
 
 class StreamParser(Protocol):
@@ -91,7 +96,7 @@ class ProviderType(Protocol):
 
 
 def load_json(body: bytes, what: str) -> Any:
-    """Decode a JSON reply; a body cut short is a retryable error, never a short answer."""
+    """Decode a JSON reply; one that is not JSON is a `bad_response` quoting its start."""
     try:
         return orjson.loads(body)  # a reply is parsed per row: orjson takes a third of json's CPU
     except ValueError:
@@ -100,18 +105,29 @@ def load_json(body: bytes, what: str) -> Any:
         # What orjson refuses and json reads: NaN and Infinity (some servers' logprobs), lone surrogates.
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        snippet = body[:120].decode("utf-8", "replace")
-        raise retryable_bad_reply(f"{what} is not valid JSON (truncated?): {snippet!r}") from None
+        raise retryable_bad_reply(f"{what} is not JSON: {excerpt(body)}") from None
 
 
-def token_count(value: Any) -> int | None:
-    """A usage field as a count: a number within the journal's 64-bit integers, else None."""
+def token_count(value: Any, name: str = "a token count") -> int | None:
+    """A usage field as a count; None when absent or not a number.
+
+    A negative count, or one past `MAX_TOKENS`, is a `bad_response`: believing it would make the cost
+    negative (a budget that never fills) or absurd.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return int(value) if -(2**63) <= value < 2**63 else None  # NaN compares false: None too
+    if math.isnan(value):
+        return None
+    if not 0 <= value <= MAX_TOKENS:
+        raise retryable_bad_reply(f"the reply's usage says {name} = {excerpt(str(value), 40)}: not believed")
+    return int(value)
+
+
+def text_field(value: Any) -> str | None:
+    """A reply's field the output holds as text; a number or an object there is dropped, not trusted."""
+    return value if isinstance(value, str) else None
 
 
 def retryable_bad_reply(message: str) -> ProviderError:
-    """A 200 that cannot be used (cut short, missing fields): worth another attempt."""
-    error_class, error_type = classify(None, "bad_response")
-    return ProviderError(message, error_type=error_type, error_class=error_class, status=200)
+    """A complete 200 that cannot be used (not JSON, missing fields): asked once more, then its row fails."""
+    return bad_response(message)

@@ -13,10 +13,12 @@ from batchrun.providers.base import (
     auth_header,
     load_json,
     retryable_bad_reply,
+    text_field,
     token_count,
 )
 from batchrun.providers.headers import wait_hint
 from batchrun.records import Reply, Request, Usage
+from batchrun.redact import excerpt
 from batchrun.retry import classify
 
 
@@ -86,24 +88,22 @@ class OpenAIProvider:
         if not isinstance(choices, list) or not choices:
             raise retryable_bad_reply("the reply has no choices")
         choice = choices[0]
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(message, dict):
-            raise retryable_bad_reply("the reply's first choice has no message object")
-        tool_calls = message.get("tool_calls")
         completions = None
         if len(choices) > 1:  # n > 1: every choice's text, in index order
             ordered = sorted(choices, key=_choice_index)
             completions = tuple(_message_text(c) for c in ordered)
             choice = ordered[0]
-            message = choice["message"]
-            tool_calls = message.get("tool_calls")
+        message = _message(choice)
+        if message is None:
+            raise retryable_bad_reply("the reply's first choice has no message object")
+        tool_calls = message.get("tool_calls")
         return Reply(
-            completion=message.get("content"),
-            finish_reason=choice.get("finish_reason"),
+            completion=_content(message.get("content")),
+            finish_reason=text_field(choice.get("finish_reason")),
             usage=parse_usage(data.get("usage")),
-            model=data.get("model"),
-            response_id=data.get("id"),
-            reasoning=message.get("reasoning_content") or message.get("reasoning"),
+            model=text_field(data.get("model")),
+            response_id=text_field(data.get("id")),
+            reasoning=text_field(message.get("reasoning_content") or message.get("reasoning")),
             tool_calls=json.dumps(tool_calls, ensure_ascii=False) if tool_calls else None,
             completions=completions,
         )
@@ -115,7 +115,7 @@ class OpenAIProvider:
         except (ValueError, UnicodeDecodeError):
             data = None
         if not isinstance(data, dict):
-            data = {"error": {"message": body[:300].decode("utf-8", "replace").strip() or f"HTTP {status}"}}
+            data = {"error": {"message": excerpt(body) or f"HTTP {status}"}}
         return error_from_body(status, headers, data)
 
 
@@ -138,12 +138,31 @@ def _choice_index(choice: Any) -> int:
     return index if isinstance(index, int) else 0
 
 
+def _message(choice: Any) -> dict[str, Any] | None:
+    """A choice's message; siray's OpenAPI schema puts it under `delta` even when nothing is streamed."""
+    if not isinstance(choice, dict):
+        return None
+    message = choice.get("message")
+    if message is None:
+        message = choice.get("delta")
+    return message if isinstance(message, dict) else None
+
+
 def _message_text(choice: Any) -> str | None:
-    message = choice.get("message") if isinstance(choice, dict) else None
-    if not isinstance(message, dict):
+    message = _message(choice)
+    if message is None:
         raise retryable_bad_reply("a choice of the reply has no message object")
     content = message.get("content")
     return content if isinstance(content, str) else None
+
+
+def _content(content: Any) -> str | None:
+    """A message's text: a string, null, or a list of text parts (joined); anything else is unreadable."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    raise retryable_bad_reply(f"the reply's message content is a {type(content).__name__}, not text")
 
 
 def error_from_body(status: int, headers: Mapping[str, str], data: dict[str, Any]) -> ProviderError:
@@ -153,9 +172,9 @@ def error_from_body(status: int, headers: Mapping[str, str], data: dict[str, Any
         # DashScope's native shape is flat; Anthropic's nests under "error" too.
         error = data if "code" in data or "message" in data else {"message": str(error or data)}
     code = error.get("code") or error.get("type")
-    code = str(code) if code is not None else None
-    message = str(error.get("message") or f"HTTP {status}")
-    error_class, error_type = classify(status if status != 200 else None, code)
+    code = excerpt(str(code), 80) if code is not None else None
+    message = excerpt(str(error.get("message") or f"HTTP {status}"))
+    error_class, error_type = classify(status if status != 200 else None, code, message)
     return ProviderError(
         message,
         error_type=error_type,
@@ -170,22 +189,30 @@ def parse_usage(usage: Any) -> Usage:
     """OpenAI usage, including the variants resellers send (`input_tokens`, `prompt_cache_hit_tokens`)."""
     if not isinstance(usage, dict):
         return Usage()
-    prompt = token_count(_first(usage.get("prompt_tokens"), usage.get("input_tokens")))
-    completion = token_count(_first(usage.get("completion_tokens"), usage.get("output_tokens")))
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
+    prompt = token_count(_first(usage.get("prompt_tokens"), usage.get("input_tokens")), "prompt_tokens")
+    completion = token_count(
+        _first(usage.get("completion_tokens"), usage.get("output_tokens")), "completion_tokens"
+    )
+    prompt_details = _object(usage.get("prompt_tokens_details"))
+    completion_details = _object(usage.get("completion_tokens_details"))
     # A null counts as absent: AI/ML API's schema allows `cached_tokens: null` beside other fields.
-    cached = token_count(_first(prompt_details.get("cached_tokens"), usage.get("prompt_cache_hit_tokens")))
-    total = token_count(usage.get("total_tokens"))
+    cached = token_count(
+        _first(prompt_details.get("cached_tokens"), usage.get("prompt_cache_hit_tokens")), "cached_tokens"
+    )
+    total = token_count(usage.get("total_tokens"), "total_tokens")
     if total is None and prompt is not None and completion is not None:
         total = prompt + completion
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         cached_tokens=cached,
-        reasoning_tokens=token_count(completion_details.get("reasoning_tokens")),
+        reasoning_tokens=token_count(completion_details.get("reasoning_tokens"), "reasoning_tokens"),
         total_tokens=total,
     )
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _first(value: Any, fallback: Any) -> Any:
