@@ -4,8 +4,8 @@ A configured (or announced) rate is taken as a ceiling, not as gospel: the provi
 enforce it over a stricter window, or share it with another job. `RateTrim` cuts the pace a little on a
 429 and lets it creep back while requests succeed, so a rate slightly above the real one converges just
 under it instead of oscillating. It grows back by answers, not by time, so a 429 costs the same share of
-requests at any rate. The cut is at least `TRIM`, more when a larger share of the last second's
-replies were refused (a rate 25% too high is cut to the limit in a few steps, not in twenty).
+requests at any rate. The cut is at least `TRIM`, more when a larger share of the replies to requests
+sent at the current pace were refused (a rate 25% too high is cut to the limit in one step, not twenty).
 
 With no rate known, `AdaptiveLimit` starts at the full concurrency (against a provider with room to spare it
 costs nothing) and learns from 429s: concurrency follows AIMD (a 429 cuts it by `CUT`, answers grow it by
@@ -25,7 +25,7 @@ TRIM = 0.01  # the least share of a configured pace a 429 cuts
 MAX_TRIM = 0.5  # the most one cut takes
 TRIM_GAP_S = 1.0  # one cut a second at most: the refusals of one overfull window are one signal
 RECOVER_REPLIES = 250  # answers it takes to win back one TRIM: at most one 429 in ~this many, at any rate
-REPLY_WINDOW_S = 1.0  # the window the share of refused replies is measured over
+REPLY_WINDOW_S = 1.0  # the window the share of refused replies is measured over (requests sent in it)
 
 CUT = 0.7  # concurrency kept after a 429
 RATE_MARGIN = 0.95  # the discovered pace after a 429, as a share of the success rate measured
@@ -43,23 +43,25 @@ class RateTrim:
     def __init__(self) -> None:
         self.factor = 1.0
         self._cut_at = -float("inf")
-        self._replies: collections.deque[tuple[float, bool]] = collections.deque()  # (time, refused)
+        # Replies to requests sent since the last cut, and the last second at most: (sent at, refused).
+        self._replies: collections.deque[tuple[float, bool]] = collections.deque()
         self._refused = 0
 
-    def _note(self, now: float, refused: bool) -> None:
+    def _note(self, sent_at: float, now: float, refused: bool) -> None:
         replies = self._replies
-        replies.append((now, refused))
-        self._refused += refused
-        while replies[0][0] < now - REPLY_WINDOW_S:
+        if sent_at >= self._cut_at:  # replies to requests sent at the old pace say nothing of the new
+            replies.append((sent_at, refused))
+            self._refused += refused
+        while replies and replies[0][0] < now - REPLY_WINDOW_S:
             self._refused -= replies.popleft()[1]
 
-    def on_success(self, now: float) -> bool:
+    def on_success(self, sent_at: float, now: float) -> bool:
         """A request was answered: creep back toward the full rate. True when the factor changed.
 
         By answers, not by time: so the share of requests a 429 costs is the same at 1 request a second
         as at a thousand, and a pause earns nothing.
         """
-        self._note(now, refused=False)
+        self._note(sent_at, now, refused=False)
         if self.factor >= 1.0:
             return False
         self.factor = min(1.0, self.factor * (1 + TRIM / RECOVER_REPLIES))
@@ -67,15 +69,17 @@ class RateTrim:
 
     def on_rate_limited(self, sent_at: float, now: float) -> bool:
         """A 429: cut the factor, unless the request was sent before the last cut. True when cut."""
-        self._note(now, refused=True)
+        self._note(sent_at, now, refused=True)
         if sent_at < self._cut_at or now - self._cut_at < TRIM_GAP_S:
             return False
-        # Half the share refused beyond this one: a single refusal among a few replies is jitter at the edge
-        # of a window, not a measure of how far over the limit the run is, and a few more in a second can
-        # be a stall of this machine's; a rate 25% too high (a fifth refused) is cut by a tenth at once.
+        # The share refused beyond this one, of the replies to requests sent at the current pace: a single
+        # refusal among them is jitter at the edge of a window, not a measure of how far over the limit
+        # the run is; a rate 25% too high (a fifth refused) is cut to the limit at once.
         excess = (self._refused - 1) / len(self._replies)
-        self.factor *= 1 - min(MAX_TRIM, max(TRIM, excess / 2))
+        self.factor *= 1 - min(MAX_TRIM, max(TRIM, excess))
         self._cut_at = now
+        self._replies.clear()
+        self._refused = 0
         return True
 
 
@@ -140,6 +144,7 @@ class AdaptiveLimit:
             # window holds; as a second's worth it is a first pace, until a second of answers measures one.
             admitted = len(self._successes) + self._gate.borrowed_tokens
             self.rate_per_s = max(1.0, admitted * RATE_MARGIN)
+            self._best_rate = float(admitted)
         limited_since = self._limited_since
         self._last_cut = now
         # Never below what the pace needs in flight: a rate limit is met by the pace, and a window cut
@@ -148,8 +153,10 @@ class AdaptiveLimit:
         self.window = max(1.0, self.window * CUT, needed)
         self._apply_window()
         measured = self._success_rate(now, limited_since)
-        if measured is None:
-            return first  # too few answers yet to measure a rate: the provisional pace must do
+        if not measured:
+            # Too soon, or nothing admitted at all lately (a window spent until its reset, e.g. a minute's):
+            # that says nothing of the rate; the pauses after 429s wait it out.
+            return first
         self._best_rate = max(self._best_rate, measured)
         rate = measured * RATE_MARGIN
         if self.rate_per_s is not None and now - limited_since > WINDOW_S:

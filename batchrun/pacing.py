@@ -111,7 +111,7 @@ class Limiter:
         self.breaker.success()
         self._bare_cooldown_s = None
         now = time.monotonic()
-        changed = self.trim.on_success(now)
+        changed = self.trim.on_success(ticket.sent_at, now)
         if self.adaptive is not None:
             changed |= self.adaptive.on_success(now, now - ticket.sent_at)
         changed |= self._heed(rate, now)

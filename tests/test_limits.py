@@ -294,34 +294,47 @@ def test_a_configured_pace_is_trimmed_by_a_429_and_grows_back_with_answers() -> 
     """A 429 takes TRIM off the pace; RECOVER_REPLIES answers later it is back at the configured rate."""
     trim = RateTrim()
     for i in range(100):
-        trim.on_success(i * 0.01)
+        trim.on_success(i * 0.01, i * 0.01 + 0.1)
     assert trim.on_rate_limited(sent_at=1.0, now=1.0)
     assert trim.factor == pytest.approx(0.99)
     assert not trim.on_rate_limited(sent_at=0.99, now=1.5)  # sent before the cut
     assert not trim.on_rate_limited(sent_at=1.2, now=1.5)  # within a second of the cut
     for i in range(adaptive_module.RECOVER_REPLIES // 2):
-        trim.on_success(2.0 + i * 0.01)
+        trim.on_success(2.0 + i * 0.01, 2.1 + i * 0.01)
     assert 0.99 < trim.factor < 1.0
     for i in range(adaptive_module.RECOVER_REPLIES):
-        trim.on_success(10.0 + i * 0.01)
+        trim.on_success(10.0 + i * 0.01, 10.1 + i * 0.01)
     assert trim.factor == 1.0
 
 
 def test_a_pace_far_above_the_limit_is_cut_by_the_share_refused() -> None:
-    """When a fifth of the last second's replies were 429s, one cut takes about a tenth off, not 1%."""
+    """When a fifth of the replies to requests sent at the current pace were 429s, a cut takes a fifth off."""
     trim = RateTrim()
-    for i in range(100):
-        now = i / 100
-        if i % 5 == 0:
-            trim.on_rate_limited(sent_at=-1.0, now=now)  # sent before any cut: not counted as a new one
-        else:
-            trim.on_success(now)
+    assert trim.on_rate_limited(sent_at=0.0, now=0.0)  # the first 429: nothing measured yet, 1% off
     before = trim.factor
-    assert before > 0.98  # only the very first 429 cut (by 1%); the answers since grew it a little
-    assert trim.on_rate_limited(sent_at=1.5, now=1.5)
-    # The last second held 80 answers and 20 + 1 refusals: the share beyond this one is 20 / 101, and
-    # half of it is cut.
-    assert trim.factor == pytest.approx(before * (1 - 10 / 101), rel=0.02)
+    assert before == pytest.approx(0.99)
+    for i in range(100):
+        sent = 0.05 + i * 0.009
+        if i % 5 == 0:
+            trim.on_rate_limited(sent_at=sent, now=sent)  # within a second of the cut: counted, no cut
+        else:
+            trim.on_success(sent, sent)
+    assert trim.factor > before  # only grown by the answers
+    grown = trim.factor
+    assert trim.on_rate_limited(sent_at=1.0, now=1.0)
+    # Replies to requests sent in the last second: 20 + 1 refusals, 80 answers. Beyond this one, 20 / 101.
+    assert trim.factor == pytest.approx(grown * (1 - 20 / 101), rel=0.02)
+
+
+def test_replies_to_requests_sent_before_a_cut_do_not_count_toward_the_next() -> None:
+    """After a cut, the refusals of requests sent at the old pace are not held against the new one."""
+    trim = RateTrim()
+    for i in range(50):
+        trim.on_rate_limited(sent_at=-0.5 + i / 100, now=0.0 + i / 1000)  # the first cuts, at 0.0
+    for i in range(50):
+        trim.on_success(0.1 + i / 100, 0.2 + i / 100)  # sent after the cut: all answered
+    assert trim.on_rate_limited(sent_at=1.1, now=1.1)
+    assert trim.factor == pytest.approx(0.99 * 0.99, rel=0.01)  # two cuts of TRIM, not one of ~half
 
 
 def test_headers_of_a_long_window_are_heeded_and_a_short_one_left_to_the_pace() -> None:

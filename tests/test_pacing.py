@@ -165,8 +165,9 @@ def test_adaptive_limit_starts_at_full_concurrency_and_paces_after_a_429(
     adaptive, provisional = anyio.run(scenario)
     assert provisional == pytest.approx(19.0)
     assert adaptive.concurrency == 31  # (44.8 + 10 / 44.8) x 0.7: above what 9.5/s x 0.1 s needs
-    # The busiest second since the first 429 held ten answers: paced at 95% of that.
-    assert adaptive.rate_per_s == pytest.approx(9.5)
+    # The busiest second since the first 429 held ten answers: 95% of that is 9.5, but the pace never
+    # drops below half of what the provider admitted before it first refused (20).
+    assert adaptive.rate_per_s == pytest.approx(10.0)
 
 
 def test_adaptive_window_is_never_cut_below_what_the_pace_needs_in_flight() -> None:
