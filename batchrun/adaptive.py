@@ -5,7 +5,7 @@ enforce it over a stricter window, or share it with another job. `RateTrim` cuts
 429 and lets it creep back while requests succeed, so a rate slightly above the real one converges just
 under it instead of oscillating. It grows back by answers, not by time, so a 429 costs the same share of
 requests at any rate. The cut is at least `TRIM`, more when a larger share of the replies to requests
-sent at the current pace were refused (a rate 25% too high is cut to the limit in one step, not twenty).
+sent since the last cut were refused (a rate 25% too high is cut close to the limit in a step or two).
 
 With no rate known, `AdaptiveLimit` starts at the full concurrency (against a provider with room to spare it
 costs nothing) and learns from 429s: concurrency follows AIMD (a 429 cuts it by `CUT`, answers grow it by
@@ -23,9 +23,9 @@ import anyio
 
 TRIM = 0.01  # the least share of a configured pace a 429 cuts
 MAX_TRIM = 0.5  # the most one cut takes
-TRIM_GAP_S = 1.0  # one cut a second at most: the refusals of one overfull window are one signal
+TRIM_GAP_S = 1.0  # one cut a second at most: the refusals of one overfull window are one signal ...
+TRIM_REPLIES = 100  # ... unless this many replies to requests sent since the last cut came sooner
 RECOVER_REPLIES = 250  # answers it takes to win back one TRIM: at most one 429 in ~this many, at any rate
-REPLY_WINDOW_S = 1.0  # the window the share of refused replies is measured over (requests sent in it)
 
 CUT = 0.7  # concurrency kept after a 429
 RATE_MARGIN = 0.95  # the discovered pace after a 429, as a share of the success rate measured
@@ -43,25 +43,21 @@ class RateTrim:
     def __init__(self) -> None:
         self.factor = 1.0
         self._cut_at = -float("inf")
-        # Replies to requests sent since the last cut, and the last second at most: (sent at, refused).
-        self._replies: collections.deque[tuple[float, bool]] = collections.deque()
-        self._refused = 0
+        self._replies = 0  # replies to requests sent since the last cut ...
+        self._refused = 0  # ... and how many of them were 429s
 
-    def _note(self, sent_at: float, now: float, refused: bool) -> None:
-        replies = self._replies
+    def _note(self, sent_at: float, refused: bool) -> None:
         if sent_at >= self._cut_at:  # replies to requests sent at the old pace say nothing of the new
-            replies.append((sent_at, refused))
+            self._replies += 1
             self._refused += refused
-        while replies and replies[0][0] < now - REPLY_WINDOW_S:
-            self._refused -= replies.popleft()[1]
 
-    def on_success(self, sent_at: float, now: float) -> bool:
+    def on_success(self, sent_at: float) -> bool:
         """A request was answered: creep back toward the full rate. True when the factor changed.
 
         By answers, not by time: so the share of requests a 429 costs is the same at 1 request a second
         as at a thousand, and a pause earns nothing.
         """
-        self._note(sent_at, now, refused=False)
+        self._note(sent_at, refused=False)
         if self.factor >= 1.0:
             return False
         self.factor = min(1.0, self.factor * (1 + TRIM / RECOVER_REPLIES))
@@ -69,17 +65,19 @@ class RateTrim:
 
     def on_rate_limited(self, sent_at: float, now: float) -> bool:
         """A 429: cut the factor, unless the request was sent before the last cut. True when cut."""
-        self._note(sent_at, now, refused=True)
-        if sent_at < self._cut_at or now - self._cut_at < TRIM_GAP_S:
+        self._note(sent_at, refused=True)
+        if sent_at < self._cut_at:
             return False
-        # The share refused beyond this one, of the replies to requests sent at the current pace: a single
-        # refusal among them is jitter at the edge of a window, not a measure of how far over the limit
-        # the run is; a rate 25% too high (a fifth refused) is cut to the limit at once.
-        excess = (self._refused - 1) / len(self._replies)
+        if now - self._cut_at < TRIM_GAP_S and self._replies < TRIM_REPLIES:
+            return False
+        # The share refused beyond this one, of the replies to requests sent since the last cut (at least a
+        # second's worth: against a window, refusals come in clusters as it fills): one refusal among them
+        # is jitter at the edge of a window, not a measure of how far over the limit the run is; a rate
+        # 25% too high is cut close to the limit in a step or two.
+        excess = (self._refused - 1) / self._replies
         self.factor *= 1 - min(MAX_TRIM, max(TRIM, excess))
         self._cut_at = now
-        self._replies.clear()
-        self._refused = 0
+        self._replies = self._refused = 0
         return True
 
 
@@ -101,6 +99,11 @@ class AdaptiveLimit:
     def concurrency(self) -> int:
         """Requests allowed in flight now."""
         return int(self._gate.total_tokens)
+
+    @property
+    def full(self) -> bool:
+        """True when every slot of the window is taken."""
+        return self._gate.available_tokens <= 0
 
     async def acquire(self) -> None:
         """Wait for a concurrency slot."""

@@ -70,6 +70,8 @@ class Limiter:
         self._avg_completion: float | None = None
         self._avg_total = 1.0
         self._prompt_ratio = 1.0  # real prompt tokens per estimated one, as replies report them
+        self.waiting = 0  # requests inside `acquire`: queued for a slot, a pace or a cooldown
+        self._requests_bound = "rpm"  # what sets the request pace now (see `_retune`)
         self._retune()
 
     def reserve_for(self, request: Request) -> int:
@@ -83,18 +85,22 @@ class Limiter:
 
     async def acquire(self, request: Request) -> Ticket:
         """Wait until `request` may be sent; the ticket goes back through `on_success` or `on_failure`."""
-        await self.breaker.admit()
-        if self.adaptive is not None:
-            await self.adaptive.acquire()
+        self.waiting += 1
         try:
-            await self.requests.take(1)
-            tokens = self.reserve_for(request)
-            if self.tokens is not None:
-                await self.tokens.take(tokens)
-        except BaseException:
+            await self.breaker.admit()
             if self.adaptive is not None:
-                self.adaptive.release()
-            raise
+                await self.adaptive.acquire()
+            try:
+                await self.requests.take(1)
+                tokens = self.reserve_for(request)
+                if self.tokens is not None:
+                    await self.tokens.take(tokens)
+            except BaseException:
+                if self.adaptive is not None:
+                    self.adaptive.release()
+                raise
+        finally:
+            self.waiting -= 1
         return Ticket(tokens, time.monotonic(), self.adaptive is not None, request.est_prompt_tokens)
 
     def on_success(self, ticket: Ticket, usage: Usage, rate: RateInfo) -> None:
@@ -111,7 +117,7 @@ class Limiter:
         self.breaker.success()
         self._bare_cooldown_s = None
         now = time.monotonic()
-        changed = self.trim.on_success(ticket.sent_at, now)
+        changed = self.trim.on_success(ticket.sent_at)
         if self.adaptive is not None:
             changed |= self.adaptive.on_success(now, now - ticket.sent_at)
         changed |= self._heed(rate, now)
@@ -193,6 +199,26 @@ class Limiter:
         rate = self.requests.rate_per_s
         return rate if math.isfinite(rate) else None
 
+    @property
+    def binding(self) -> str | None:
+        """What holds requests back now, for the progress display; None when nothing in the limiter does.
+
+        One of `outage` (the breaker's probes), `cooldown` (after a 429), `tpm` and `rpm` (the configured or
+        announced paces), `headers` (a pace a spent window's headers set), `discovered pace` (learned from
+        429s), `concurrency` (the adaptive window is full).
+        """
+        if self.breaker.is_open:
+            return "outage"
+        if self.cooling_down:
+            return "cooldown"
+        if self.tokens is not None and self.tokens.waiting:
+            return "tpm"
+        if self.requests.waiting:
+            return self._requests_bound
+        if self.adaptive is not None and self.adaptive.full:
+            return "concurrency"
+        return None
+
     def _interval_s(self) -> float | None:
         """The time between two requests of average size at the binding pace; None when nothing paces."""
         intervals = [1 / self.requests.rate_per_s]
@@ -208,14 +234,14 @@ class Limiter:
     def _retune(self) -> None:
         """Set both pacers' rates from what applies now (see the module docstring)."""
         factor = self.trim.factor
-        paces = [math.inf]
+        paces = [(math.inf, "rpm")]
         if self._rpm_per_s is not None:
-            paces.append(self._rpm_per_s * factor)
+            paces.append((self._rpm_per_s * factor, "rpm"))
         if self.adaptive is not None and self.adaptive.rate_per_s is not None:
-            paces.append(self.adaptive.rate_per_s)
+            paces.append((self.adaptive.rate_per_s, "discovered pace"))
         if self.header_pace_per_s is not None:
-            paces.append(self.header_pace_per_s)
-        self.requests.rate_per_s = min(paces)
+            paces.append((self.header_pace_per_s, "headers"))
+        self.requests.rate_per_s, self._requests_bound = min(paces, key=lambda pace: pace[0])
         if self.tokens is not None and self._tpm_per_s is not None:
             self.tokens.rate_per_s = self._tpm_per_s * factor
 

@@ -294,36 +294,36 @@ def test_a_configured_pace_is_trimmed_by_a_429_and_grows_back_with_answers() -> 
     """A 429 takes TRIM off the pace; RECOVER_REPLIES answers later it is back at the configured rate."""
     trim = RateTrim()
     for i in range(100):
-        trim.on_success(i * 0.01, i * 0.01 + 0.1)
+        trim.on_success(i * 0.01)
     assert trim.on_rate_limited(sent_at=1.0, now=1.0)
     assert trim.factor == pytest.approx(0.99)
     assert not trim.on_rate_limited(sent_at=0.99, now=1.5)  # sent before the cut
     assert not trim.on_rate_limited(sent_at=1.2, now=1.5)  # within a second of the cut
     for i in range(adaptive_module.RECOVER_REPLIES // 2):
-        trim.on_success(2.0 + i * 0.01, 2.1 + i * 0.01)
+        trim.on_success(2.0 + i * 0.01)
     assert 0.99 < trim.factor < 1.0
     for i in range(adaptive_module.RECOVER_REPLIES):
-        trim.on_success(10.0 + i * 0.01, 10.1 + i * 0.01)
+        trim.on_success(10.0 + i * 0.01)
     assert trim.factor == 1.0
 
 
 def test_a_pace_far_above_the_limit_is_cut_by_the_share_refused() -> None:
-    """When a fifth of the replies to requests sent at the current pace were 429s, a cut takes a fifth off."""
+    """When a fifth of the replies to requests sent since the last cut were 429s, a cut takes a fifth off."""
     trim = RateTrim()
     assert trim.on_rate_limited(sent_at=0.0, now=0.0)  # the first 429: nothing measured yet, 1% off
     before = trim.factor
     assert before == pytest.approx(0.99)
-    for i in range(100):
-        sent = 0.05 + i * 0.009
+    for i in range(40):  # fewer than TRIM_REPLIES: no cut before the second is up
+        sent = 0.05 + i * 0.02
         if i % 5 == 0:
             trim.on_rate_limited(sent_at=sent, now=sent)  # within a second of the cut: counted, no cut
         else:
-            trim.on_success(sent, sent)
+            trim.on_success(sent)
     assert trim.factor > before  # only grown by the answers
     grown = trim.factor
     assert trim.on_rate_limited(sent_at=1.0, now=1.0)
-    # Replies to requests sent in the last second: 20 + 1 refusals, 80 answers. Beyond this one, 20 / 101.
-    assert trim.factor == pytest.approx(grown * (1 - 20 / 101), rel=0.02)
+    # Replies to requests sent since the first cut: 8 + 1 refusals, 32 answers. Beyond this one, 8 / 41.
+    assert trim.factor == pytest.approx(grown * (1 - 8 / 41), rel=0.02)
 
 
 def test_replies_to_requests_sent_before_a_cut_do_not_count_toward_the_next() -> None:
@@ -332,7 +332,7 @@ def test_replies_to_requests_sent_before_a_cut_do_not_count_toward_the_next() ->
     for i in range(50):
         trim.on_rate_limited(sent_at=-0.5 + i / 100, now=0.0 + i / 1000)  # the first cuts, at 0.0
     for i in range(50):
-        trim.on_success(0.1 + i / 100, 0.2 + i / 100)  # sent after the cut: all answered
+        trim.on_success(0.1 + i / 100)  # sent after the cut: all answered
     assert trim.on_rate_limited(sent_at=1.1, now=1.1)
     assert trim.factor == pytest.approx(0.99 * 0.99, rel=0.01)  # two cuts of TRIM, not one of ~half
 
@@ -367,3 +367,13 @@ def test_a_limit_announced_in_headers_is_adopted_when_none_is_configured() -> No
         return limiter.pace_per_s
 
     assert anyio.run(main) == pytest.approx(20.0)
+
+
+def test_enough_fresh_replies_allow_a_cut_within_the_second() -> None:
+    """At a high rate a cut need not wait a second: TRIM_REPLIES replies since the last cut are enough."""
+    trim = RateTrim()
+    assert trim.on_rate_limited(sent_at=0.0, now=0.0)
+    for i in range(adaptive_module.TRIM_REPLIES - 2):
+        trim.on_success(0.001 * (i + 1))
+    assert not trim.on_rate_limited(sent_at=0.1, now=0.1)  # one reply short: not yet
+    assert trim.on_rate_limited(sent_at=0.1, now=0.1)  # enough
