@@ -1,51 +1,99 @@
-"""Finding a provider's limit when nobody configured it: adaptive concurrency and rate discovery.
+"""Holding a run at a provider's real limit: trimming a known rate, and finding an unknown one.
 
-Concurrency follows AIMD with a slow start, as TCP does: it starts small, doubles each round trip while
-requests succeed, then grows by one a round trip; a 429 cuts it by `CUT`. Cutting concurrency alone
-makes the rate saw-tooth under a requests-per-minute limit, so the first 429 also switches on a pacing
-bucket set just under the success rate just measured (what the provider actually admitted), which then
-creeps up by `PROBE_GROWTH` a second until the next 429 pulls it back. Under a steady limit that holds the
-run within a few percent of it with few 429s.
+A configured (or announced) rate is taken as a ceiling, not as gospel: the provider may count differently,
+enforce it over a stricter window, or share it with another job. `RateTrim` cuts the pace a little on a
+429 and lets it creep back while requests succeed, so a rate slightly above the real one converges just
+under it instead of oscillating. It grows back by answers, not by time, so a 429 costs the same share of
+requests at any rate. The cut is at least `TRIM`, more when a larger share of the replies to requests
+sent since the last cut were refused (a rate 25% too high is cut close to the limit in a step or two).
 
-429s that come whatever the rate (an overloaded provider refusing a share of all requests) would ratchet
-the pace down forever, each cut measuring a lower success rate than the last; the pace therefore never
-drops below `FLOOR` of the best success rate seen.
+With no rate known, `AdaptiveLimit` starts at the full concurrency (against a provider with room to spare it
+costs nothing) and learns from 429s: concurrency follows AIMD (a 429 cuts it by `CUT`, answers grow it by
+one a round trip), and the first 429s also set a pace just under the success rate measured since (what the
+provider actually admitted), which then creeps up by `PROBE_GROWTH` a second until the next 429 pulls it
+back. 429s that come whatever the rate (an overloaded provider refusing a share of all requests) would
+ratchet the pace down forever, so it never drops below `FLOOR` of the best success rate seen.
 """
 
 from __future__ import annotations
 
 import collections
-import math
-import time
 
 import anyio
 
-from batchrun.limits import TokenBucket
+TRIM = 0.01  # the least share of a configured pace a 429 cuts
+MAX_TRIM = 0.5  # the most one cut takes
+TRIM_GAP_S = 1.0  # one cut a second at most: the refusals of one overfull window are one signal ...
+TRIM_REPLIES = 100  # ... unless this many replies to requests sent since the last cut came sooner
+RECOVER_REPLIES = 250  # answers it takes to win back one TRIM: at most one 429 in ~this many, at any rate
 
-INITIAL_CONCURRENCY = 4
 CUT = 0.7  # concurrency kept after a 429
-RATE_MARGIN = 0.95  # the pacing rate after a 429, as a share of the success rate measured
-PROBE_GROWTH = 0.01  # how fast the pacing rate creeps back up, a share per second
+RATE_MARGIN = 0.95  # the discovered pace after a 429, as a share of the success rate measured
+PROBE_GROWTH = 0.0002  # how fast the discovered pace creeps up, a share per answer (1% per 50)
 WINDOW_S = 5.0  # the window the success rate is measured over
-FLOOR = 0.5  # the pace never drops below this share of the best success rate measured
+FLOOR = 0.5  # the discovered pace never drops below this share of the best success rate measured
 MIN_SPAN_S = 1.0  # the shortest stretch of answers a success rate is measured over
 MIN_CUT_GAP_S = 0.2  # at most one cut of the window per this many seconds
+LATENCY_WEIGHT = 0.05  # how fast the running average of round trips follows new answers
+
+
+class RateTrim:
+    """The share of a known rate to pace at: cut on a 429, regrown while requests succeed."""
+
+    def __init__(self) -> None:
+        self.factor = 1.0
+        self._cut_at = -float("inf")
+        self._replies = 0  # replies to requests sent since the last cut ...
+        self._refused = 0  # ... and how many of them were 429s
+
+    def _note(self, sent_at: float, refused: bool) -> None:
+        if sent_at >= self._cut_at:  # replies to requests sent at the old pace say nothing of the new
+            self._replies += 1
+            self._refused += refused
+
+    def on_success(self, sent_at: float) -> bool:
+        """A request was answered: creep back toward the full rate. True when the factor changed.
+
+        By answers, not by time: so the share of requests a 429 costs is the same at 1 request a second
+        as at a thousand, and a pause earns nothing.
+        """
+        self._note(sent_at, refused=False)
+        if self.factor >= 1.0:
+            return False
+        self.factor = min(1.0, self.factor * (1 + TRIM / RECOVER_REPLIES))
+        return True
+
+    def on_rate_limited(self, sent_at: float, now: float) -> bool:
+        """A 429: cut the factor, unless the request was sent before the last cut. True when cut."""
+        self._note(sent_at, refused=True)
+        if sent_at < self._cut_at:
+            return False
+        if now - self._cut_at < TRIM_GAP_S and self._replies < TRIM_REPLIES:
+            return False
+        # The share refused beyond this one, of the replies to requests sent since the last cut (at least a
+        # second's worth: against a window, refusals come in clusters as it fills): one refusal among them
+        # is jitter at the edge of a window, not a measure of how far over the limit the run is; a rate
+        # 25% too high is cut close to the limit in a step or two.
+        excess = (self._refused - 1) / self._replies
+        self.factor *= 1 - min(MAX_TRIM, max(TRIM, excess))
+        self._cut_at = now
+        self._replies = self._refused = 0
+        return True
 
 
 class AdaptiveLimit:
-    """A concurrency window and an optional pacing rate, both learned from 429s and successes."""
+    """A concurrency window and an optional pace, both learned from 429s and successes."""
 
     def __init__(self, max_concurrency: int) -> None:
         self.max_concurrency = max_concurrency
-        self.window = float(min(INITIAL_CONCURRENCY, max_concurrency))
-        self._slow_start = True
-        self._gate = anyio.CapacityLimiter(max(1, int(self.window)))
-        self.pacer: TokenBucket | None = None  # None until the first 429: no rate is known yet
+        self.window = float(max_concurrency)
+        self._gate = anyio.CapacityLimiter(max_concurrency)
+        self.rate_per_s: float | None = None  # None until a 429 shows there is a limit
         self._successes: collections.deque[float] = collections.deque()
         self._last_cut = 0.0
         self._limited_since: float | None = None  # the first 429: successes before it include a burst
         self._best_rate = 0.0
-        self._last_growth = time.monotonic()
+        self._latency_s = 0.0  # a running average of answers' round trips
 
     @property
     def concurrency(self) -> int:
@@ -53,77 +101,92 @@ class AdaptiveLimit:
         return int(self._gate.total_tokens)
 
     @property
-    def rate_per_s(self) -> float | None:
-        """The pacing rate, once a 429 has shown there is a limit."""
-        return self.pacer.rate_per_s if self.pacer is not None else None
+    def full(self) -> bool:
+        """True when every slot of the window is taken."""
+        return self._gate.available_tokens <= 0
 
     async def acquire(self) -> None:
-        """Wait for a concurrency slot (then call `pace` before sending)."""
-        await self._gate.acquire()
-
-    async def pace(self) -> None:
-        """Wait for the pacing bucket, once a 429 has set one."""
-        if self.pacer is not None:
-            self._grow_rate()
-            await self.pacer.take(1)
+        """Wait for a concurrency slot."""
+        try:
+            self._gate.acquire_nowait()  # the usual case, without a trip through the event loop
+        except anyio.WouldBlock:
+            await self._gate.acquire()
 
     def release(self) -> None:
         """Give the concurrency slot back."""
         self._gate.release()
 
-    def on_success(self) -> None:
-        """A request was answered: widen the window (doubling per round trip in slow start)."""
-        now = time.monotonic()
+    def on_success(self, now: float, latency_s: float) -> bool:
+        """A request was answered: widen the window, let the pace creep up. True when the pace changed."""
+        self._latency_s += LATENCY_WEIGHT * (latency_s - self._latency_s)
         self._successes.append(now)
-        while self._successes and self._successes[0] < now - WINDOW_S:
+        while self._successes[0] < now - WINDOW_S:
             self._successes.popleft()
-        self.window += 1.0 if self._slow_start else 1.0 / self.window
-        self._apply_window()
+        if self.window < self.max_concurrency:
+            self.window += 1.0 / self.window
+            self._apply_window()
+        if self.rate_per_s is None:
+            return False
+        self.rate_per_s *= 1 + PROBE_GROWTH
+        return True
 
-    def on_rate_limited(self, sent_at: float) -> None:
+    def on_rate_limited(self, sent_at: float, now: float) -> bool:
         """A 429: cut the window once per round of requests, and pace just under the measured success rate.
 
         `sent_at` is when the refused request was sent: 429s for requests sent before the last cut say
-        nothing new, so they do not cut again.
+        nothing new, so they do not cut again. True when the pace changed.
         """
-        now = time.monotonic()
         # One cut per round: 429s come back at once, so without a minimum gap a single burst of refusals
         # would cut the window ten times over.
         if sent_at < self._last_cut or now - self._last_cut < MIN_CUT_GAP_S:
-            return
+            return False
+        first = self._limited_since is None
         if self._limited_since is None:
             self._limited_since = now
+            # What the provider let through before it refused (answered, or still in flight) is what its
+            # window holds; as a second's worth it is a first pace, until a second of answers measures one.
+            admitted = len(self._successes) + self._gate.borrowed_tokens
+            self.rate_per_s = max(1.0, admitted * RATE_MARGIN)
+            self._best_rate = float(admitted)
+        limited_since = self._limited_since
         self._last_cut = now
-        self._slow_start = False
-        self.window = max(1.0, self.window * CUT)
+        # Never below what the pace needs in flight: a rate limit is met by the pace, and a window cut
+        # under pace x latency would only lower the rate (and the next measurement of it) further.
+        needed = (self.rate_per_s or 0.0) * self._latency_s * 2
+        self.window = max(1.0, self.window * CUT, needed)
         self._apply_window()
-        measured = self._success_rate(now)
-        if measured is None:
-            return  # too few answers yet to know a rate: the window cut and the cooldown must do
+        measured = self._success_rate(now, limited_since)
+        if not measured:
+            # Too soon, or nothing admitted at all lately (a window spent until its reset, e.g. a minute's):
+            # that says nothing of the rate; the pauses after 429s wait it out.
+            return first
         self._best_rate = max(self._best_rate, measured)
         rate = measured * RATE_MARGIN
-        if self.pacer is not None:
-            rate = min(rate, self.pacer.rate_per_s)
-        rate = max(rate, FLOOR * self._best_rate, 0.1)
-        self.pacer = TokenBucket(rate, math.ceil(max(rate, 1.0) / 4))
-        self._last_growth = now
+        if self.rate_per_s is not None and now - limited_since > WINDOW_S:
+            # Past the first window a 429 only lowers the pace; within it, each measurement spans more
+            # time at the limit than the last (the first includes the pauses of the first refusals).
+            rate = min(rate, self.rate_per_s)
+        self.rate_per_s = max(rate, FLOOR * self._best_rate, 0.1)
+        return True
 
-    def _success_rate(self, now: float) -> float | None:
-        # Counted from the first 429 on: until then the provider was admitting its first second's burst,
-        # which would read as a rate far above its limit. Under a second of answers says nothing yet.
-        start = max(now - WINDOW_S, self._limited_since if self._limited_since is not None else now)
-        span = now - start
-        if span < MIN_SPAN_S:
+    def _success_rate(self, now: float, limited_since: float) -> float | None:
+        """The most answers any one second held since the first 429 (within `WINDOW_S`), per second.
+
+        The busiest second, not the average: the pauses after the first refusals leave idle stretches that
+        say nothing of the limit, while a second spent at the limit admits what the provider allows in a
+        second. Counted from the first 429 on: before it the provider was admitting its first burst.
+        None until a second has passed since.
+        """
+        start = max(now - WINDOW_S, limited_since)
+        if now - start < MIN_SPAN_S:
             return None
-        return sum(1 for t in self._successes if t >= start) / span
-
-    def _grow_rate(self) -> None:
-        assert self.pacer is not None
-        now = time.monotonic()
-        elapsed = now - self._last_growth
-        if elapsed >= 1.0:
-            self.pacer.rate_per_s *= (1 + PROBE_GROWTH) ** elapsed
-            self._last_growth = now
+        times = [t for t in self._successes if t >= start]
+        busiest, first = 0, 0
+        for last, stamp in enumerate(times):
+            while stamp - times[first] >= 1.0:
+                first += 1
+            busiest = max(busiest, last - first + 1)
+        return float(busiest)
 
     def _apply_window(self) -> None:
         self.window = min(self.window, float(self.max_concurrency))

@@ -333,6 +333,14 @@ def _share(name: str, what: str) -> Callable[[Callable[..., Any]], Callable[...,
 @click.option("--rpm", "requests_per_minute", type=float, help="Enforce this many requests per minute.")
 @click.option("--tpm", "tokens_per_minute", type=float, help="Enforce this many tokens per minute.")
 @click.option(
+    "--limit-window",
+    type=click.Choice(["bucket", "sliding", "second", "minute"]),
+    default="bucket",
+    show_default=True,
+    help="How --rpm/--tpm are enforced: a bucket of one second's worth, a sliding or fixed (clock) "
+    "one-second window of limit/60, or a fixed clock minute of the whole limit.",
+)
+@click.option(
     "--rate-limit-headers/--no-rate-limit-headers",
     default=True,
     show_default=True,

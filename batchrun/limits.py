@@ -1,9 +1,9 @@
-"""Limit primitives: a token bucket for rates, and a budget for money.
+"""Limit primitives: a pacer for rates, and a budget for money.
 
-Providers enforce their per-minute limits per second too (DashScope: RPM/60), so a bucket that starts with a
-minute's worth bursts straight into 429s. `per_minute_bucket` therefore holds about one second's worth; over
-any longer window the rate is exact. A request may take more tokens than the bucket holds: it waits until
-the bucket is full, then leaves it in debt, which later requests pay off.
+Providers enforce per-minute limits per second too (DashScope: RPM/60 in any second, maybe a sliding
+window), so anything that lets a burst through earns 429s. `Pacer` therefore spaces requests evenly on a
+virtual schedule (GCRA, the "virtual scheduling" form): it never saves up capacity while idle or paused,
+so after any pause at most two requests go back to back.
 """
 
 from __future__ import annotations
@@ -21,41 +21,54 @@ if TYPE_CHECKING:
     from batchrun.records import Request
 
 
-class TokenBucket:
-    """A token bucket refilled continuously at `rate_per_s`, holding at most `capacity`; FIFO waiters."""
+class Pacer:
+    """Lets units through at `rate_per_s`, evenly, first come first served.
 
-    def __init__(self, rate_per_s: float, capacity: float) -> None:
+    `_next` is when the next unit may go (GCRA's theoretical arrival time); taking `amount` moves it on by
+    `amount / rate_per_s`. A take may find the schedule behind its own time by at most that one interval:
+    a waiter that woke a little late is caught up (the rate does not sag), while idle time is never banked,
+    so after any pause at most two takes go back to back. A cooldown moves the schedule later
+    (`hold_until`); giving back unused units moves it earlier, but a schedule in the past still counts as
+    no more than one interval behind. `rate_per_s` may be changed at any time (math.inf: no pacing, only
+    holds).
+    """
+
+    def __init__(self, rate_per_s: float = math.inf) -> None:
         self.rate_per_s = rate_per_s
-        self.capacity = max(capacity, 1.0)
-        self._level = self.capacity
-        self._stamp = time.monotonic()
+        self._next = -math.inf
         self._lock = anyio.Lock()  # anyio's Lock is fair: waiters are served in arrival order
 
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate_per_s)
-        self._stamp = now
+    def reserve(self, amount: float, now: float) -> float:
+        """Take `amount` if its turn has come at `now` and return 0.0; else the seconds to its turn."""
+        interval = amount / self.rate_per_s
+        start = max(self._next, now - interval)
+        if start > now:
+            return start - now
+        self._next = start + interval
+        return 0.0
 
-    async def take(self, amount: float) -> None:
-        """Wait until `amount` can be taken (or the bucket is full, for an oversized amount), then take it."""
-        need = min(amount, self.capacity)
+    async def take(self, amount: float = 1.0) -> None:
+        """Wait for this take's turn on the schedule, then move the schedule on by `amount`."""
+        if not self._lock.locked() and self.reserve(amount, time.monotonic()) == 0.0:
+            return  # the usual case under the rate: no wait, no trip through the event loop
         async with self._lock:
-            self._refill()
-            while self._level < need:
-                await anyio.sleep((need - self._level) / self.rate_per_s)
-                self._refill()
-            self._level -= amount
+            # Not a polling loop: each sleep lasts to the turn, which only a hold or a rate cut can move.
+            while (wait := self.reserve(amount, time.monotonic())) > 0:  # noqa: ASYNC110
+                await anyio.sleep(wait)
+
+    def hold_until(self, when: float) -> None:
+        """Nothing goes before `when` (a cooldown); what was not sent meanwhile is not made up for."""
+        self._next = max(self._next, when)
 
     def give_back(self, amount: float) -> None:
-        """Return tokens reserved but not used (or take more, with a negative amount)."""
-        self._refill()
-        self._level = min(self.capacity, self._level + amount)
+        """Return units taken but not used (or take more, with a negative amount)."""
+        if math.isfinite(self._next):
+            self._next -= amount / self.rate_per_s
 
-
-def per_minute_bucket(per_minute: float) -> TokenBucket:
-    """A bucket for a per-minute limit, holding one second's worth."""
-    per_second = per_minute / 60
-    return TokenBucket(per_second, math.ceil(per_second))
+    @property
+    def waiting(self) -> bool:
+        """True while a take is waiting for its turn."""
+        return self._lock.locked()
 
 
 class Budget:

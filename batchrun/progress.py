@@ -40,7 +40,7 @@ class Snapshot:
     failed: int
     reused: int
     sent: int
-    in_flight: int
+    in_flight: int  # sent and not yet answered
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
@@ -48,8 +48,10 @@ class Snapshot:
     cooldown_s: float = 0.0  # seconds left of a cooldown after a 429
     concurrency: int | None = None  # the adaptive window, when the limit is being discovered
     max_concurrency: int = 0
-    pace_per_s: float | None = None  # the adaptive pacing rate, once a 429 has set one
+    pace_per_s: float | None = None  # the request pace (configured, announced or learned), when one applies
     header_pace_per_s: float | None = None  # the pace rate-limit headers asked for, while it holds
+    waiting: int = 0  # requests held by the limiter: a slot, a pace or a cooldown (not in flight)
+    binding: str | None = None  # what holds them (see `batchrun.pacing.Limiter.binding`)
     down_s: float | None = None  # how long the provider has failed every request (the breaker is open)
     stopping: bool = False  # an interrupt or the budget: no new requests
 
@@ -107,7 +109,7 @@ def describe(snap: Snapshot, total: int | None, rate: float) -> list[str]:
     parts = [rows, f"{rate:,.1f} rows/s", f"ETA {_duration(eta)}" if eta is not None else "ETA -"]
     parts.append(f"tokens {_count(snap.prompt_tokens)} in, {_count(snap.completion_tokens)} out")
     parts.append(f"${snap.cost_usd:,.4f}")
-    parts.append(f"{snap.in_flight} in flight, {snap.sent:,} sent")
+    parts.append(f"{snap.in_flight} in flight, {snap.waiting} waiting, {snap.sent:,} sent")
     parts.append(limiter_state(snap))
     if snap.errors:
         parts.append("errors " + ", ".join(f"{k} {v:,}" for k, v in sorted(snap.errors.items())))
@@ -117,7 +119,8 @@ def describe(snap: Snapshot, total: int | None, rate: float) -> list[str]:
 
 
 def limiter_state(snap: Snapshot) -> str:
-    """`concurrency 12/64 (adaptive), pace 48.0/s, cooling down 1.2 s` or as much of it as applies."""
+    """`concurrency 12/64 (adaptive), pace 48.0/s, cooling down 1.2 s, bound by cooldown` or as much of it
+    as applies."""
     if snap.concurrency is not None:
         state = f"concurrency {snap.concurrency}/{snap.max_concurrency} (adaptive)"
     else:
@@ -130,6 +133,8 @@ def limiter_state(snap: Snapshot) -> str:
         state += f", cooling down {snap.cooldown_s:.1f} s"
     if snap.down_s is not None:
         state += f", provider down {snap.down_s:.0f} s"
+    if snap.binding is not None:
+        state += f", bound by {snap.binding}"
     return state
 
 

@@ -294,7 +294,7 @@ class Runner:
             failed=counters.failed,
             reused=counters.reused,
             sent=counters.sent,
-            in_flight=self.in_flight,
+            in_flight=self.in_flight - limiter.waiting,
             prompt_tokens=counters.prompt_tokens,
             completion_tokens=counters.completion_tokens,
             cost_usd=counters.cost_usd,
@@ -302,10 +302,12 @@ class Runner:
             cooldown_s=limiter.cooldown_left_s,
             concurrency=adaptive.concurrency if adaptive is not None else None,
             max_concurrency=self.job.limits.concurrency,
-            pace_per_s=adaptive.rate_per_s if adaptive is not None else None,
+            pace_per_s=limiter.pace_per_s,
             header_pace_per_s=limiter.header_pace_per_s,
             down_s=limiter.breaker.down_s if limiter.breaker.is_open else None,
             stopping=self._draining,
+            waiting=limiter.waiting,
+            binding=limiter.binding,
         )
 
     async def _send_all(self, transport: httpx.AsyncBaseTransport | None) -> None:

@@ -143,9 +143,9 @@ def write_job(folder: Path, prompts: Path, base_url: str, concurrency: int) -> P
         f'[provider]\nkind = "openai"\nbase_url = "{base_url}"\napi_key_env = "BENCH_KEY"\n'
         f'model = "qwen3-max"\n'
         f"[params]\nmax_tokens = 4\n"
-        # adaptive = false: with no limit configured, the adaptive window would start at 4 and grow; this
-        # measures the tool's overhead at a fixed number in flight, as the baseline does.
-        f"[limits]\nconcurrency = {concurrency}\nadaptive = false\n"
+        # The defaults a user gets (adaptive on, no rate configured): only the concurrency is set, as the
+        # baseline's.
+        f"[limits]\nconcurrency = {concurrency}\n"
         f'[output]\npath = "{folder / "out.parquet"}"\n'
     )
     return job

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,6 +12,8 @@ import pytest
 
 from batchrun.emulator import EmulatorConfig, EmulatorServer, format_duration
 from batchrun.emulator.ratelimit import RateLimiter
+from batchrun.job import load_job
+from batchrun.runner import run_job
 
 # Go's duration format as OpenAI sends it: `20ms`, `1s`, `1.5s`, `6m0s`, `1h0m0s`.
 DURATION = re.compile(r"\d+ms|(\d+h)?(\d+m)?\d+(\.\d+)?s")
@@ -260,3 +263,65 @@ def test_outage_starts_after_outage_after_s() -> None:
         assert http.post("/chat/completions", json=_body("Hello.")).status_code == 200
         time.sleep(max(0.0, server.emulator.started_at + 0.3 - time.monotonic()) + 0.01)
         assert http.post("/chat/completions", json=_body("Hello.")).status_code == 503
+
+
+def test_sliding_window_refuses_the_one_past_limit_within_any_second() -> None:
+    """At 600 RPM a sliding window admits 10 in any 1.0 s: the 11th waits until the oldest has left."""
+    limiter = RateLimiter(600, None, headers=True, now=0.0, window="sliding")
+    admitted = [limiter.admit(0, i * 0.05).refused for i in range(10)]  # 10 in 0.45 s
+    assert admitted == [None] * 10
+    refused = limiter.admit(0, 0.9)
+    assert refused.refused == "requests"
+    assert refused.headers is not None
+    assert refused.headers["retry-after-ms"] == "100.0"  # the first left at 1.0 s
+    assert limiter.admit(0, 1.0).refused is None
+    assert limiter.admit(0, 1.01).refused == "requests"  # the second (0.05) is still inside
+    assert limiter.admit(0, 1.05).refused is None
+
+
+def test_fixed_second_window_empties_as_the_clock_second_turns() -> None:
+    """A fixed one-second window takes 10 in second 3 however bunched, then nothing until second 4."""
+    limiter = RateLimiter(600, None, headers=False, now=0.0, window="second")
+    assert [limiter.admit(0, 3.9 + i * 0.001).refused for i in range(11)] == [None] * 10 + ["requests"]
+    assert [limiter.admit(0, 4.0).refused for _ in range(10)] == [None] * 10
+
+
+def test_fixed_minute_window_admits_a_minutes_worth_at_any_pace() -> None:
+    """OpenAI-style: 120 RPM admits 120 at once, refuses the rest of that minute, resets with the next."""
+    limiter = RateLimiter(120, None, headers=True, now=0.0, window="minute")
+    assert all(limiter.admit(0, 61.0).refused is None for _ in range(120))
+    refused = limiter.admit(0, 90.0)
+    assert refused.refused == "requests"
+    assert refused.headers is not None
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-reset-requests"] == "30s"
+    assert limiter.admit(0, 120.0).refused is None
+
+
+def test_token_windows_admit_one_oversized_request_only_when_empty() -> None:
+    """A request bigger than the tokens window goes into an empty window, never beside another."""
+    for window in ("sliding", "second", "minute"):
+        limiter = RateLimiter(None, 600, headers=False, now=0.0, window=window)  # 10 tokens a second
+        assert limiter.admit(4, 0.0).refused is None
+        assert limiter.admit(700, 0.1).refused == "tokens", window
+        assert limiter.admit(700, 61.0).refused is None, window
+
+
+@pytest.mark.parametrize("window", ["sliding", "second", "minute"])
+def test_a_run_meets_every_window_with_its_rows_all_answered(window: str, tmp_path: Path) -> None:
+    """batchrun, told the rate, answers every row against each strict window with few 429s."""
+    rows = 120
+    prompts = tmp_path / "in.jsonl"
+    prompts.write_text("".join(f'{{"id": {i}, "text": "row {i}"}}\n' for i in range(rows)))
+    config = EmulatorConfig(requests_per_minute=3600, limit_window=window, rate_limit_headers=False)
+    with EmulatorServer(config) as server:
+        job = tmp_path / "job.toml"
+        job.write_text(
+            f'[input]\npath = "in.jsonl"\nid_column = "id"\n[prompt]\ntemplate = "{{text}}"\n'
+            f'[provider]\nkind = "openai"\nbase_url = "{server.base_url}"\nmodel = "qwen3-max"\n'
+            f"[limits]\nrequests_per_minute = 3600\nbackoff_base_s = 0.01\n"
+        )
+        summary = run_job(load_job(job))
+        refused = server.emulator.requests_by_status[429]
+    assert summary.ok == rows
+    assert refused <= rows // 10

@@ -1,4 +1,4 @@
-"""Rate limits: token buckets (rate, debt, give-back) and the run-wide limiter's reservations and cooldown.
+"""Rate limits: the pacer (even spacing, no burst); the run-wide limiter's reservations, cooldowns, trim.
 
 Timing checks are lower bounds only (the limiter must wait at least this long), each well under a second.
 """
@@ -10,10 +10,12 @@ import time
 import anyio
 import pytest
 
+from batchrun import adaptive as adaptive_module
+from batchrun.adaptive import RateTrim
 from batchrun.errors import ErrorClass, ProviderError
-from batchrun.limits import TokenBucket, per_minute_bucket
+from batchrun.limits import Pacer
 from batchrun.pacing import Limiter
-from batchrun.providers.headers import RateInfo
+from batchrun.providers.headers import RateInfo, RateLimits
 from batchrun.records import Request, Usage
 
 NO_HEADERS = RateInfo()
@@ -35,111 +37,95 @@ def rate_limited(retry_after_s: float | None) -> ProviderError:
     )
 
 
-def test_bucket_rate_bounds_many_takes() -> None:
-    """30 takes from a 10-token bucket refilled at 100/s need at least the 20 refills: ~0.2 s."""
+def test_pacer_spaces_takes_evenly() -> None:
+    """At 10/s the first two takes go at once (one interval of catch-up), then one every 0.1 s."""
+    pacer = Pacer(10.0)
+    assert pacer.reserve(1, 0.0) == 0.0
+    assert pacer.reserve(1, 0.0) == 0.0
+    assert pacer.reserve(1, 0.0) == pytest.approx(0.1)  # nothing taken: it must wait 0.1 s
+    assert pacer.reserve(1, 0.1) == 0.0
+    assert pacer.reserve(1, 0.15) == pytest.approx(0.05)
+
+
+def test_pacer_schedule_after_a_pause_starts_with_no_burst() -> None:
+    """After a long pause at most two takes go back to back; the third waits a whole interval."""
+    pacer = Pacer(10.0)
+    for i in range(50):
+        assert pacer.reserve(1, i / 10) == 0.0
+    assert pacer.reserve(1, 1000.0) == 0.0
+    assert pacer.reserve(1, 1000.0) == 0.0
+    assert pacer.reserve(1, 1000.0) == pytest.approx(0.1)
+    assert pacer.reserve(1, 1000.1) == 0.0
+    assert pacer.reserve(1, 1000.1) == pytest.approx(0.1)
+
+
+def test_a_late_waiter_is_caught_up_without_the_rate_sagging() -> None:
+    """A take a little after its turn moves the schedule on from its turn, not from its lateness."""
+    pacer = Pacer(10.0)
+    pacer.reserve(1, 0.0)
+    pacer.reserve(1, 0.0)  # the schedule now says 0.1
+    assert pacer.reserve(1, 0.13) == 0.0  # 30 ms late
+    assert pacer.reserve(1, 0.2) == 0.0  # still on the 0.1 s grid: 0.2, not 0.23
+
+
+def test_a_hold_delays_the_schedule_and_banks_nothing() -> None:
+    """`hold_until` (a cooldown) stops every take until then; after it they go one interval apart."""
+    pacer = Pacer(10.0)
+    pacer.hold_until(5.0)
+    assert pacer.reserve(1, 1.0) == pytest.approx(4.0)
+    assert pacer.reserve(1, 5.0) == 0.0
+    assert pacer.reserve(1, 5.0) == pytest.approx(0.1)
+
+
+def test_token_amounts_move_the_schedule_by_their_size_and_give_back_corrects_it() -> None:
+    """A 50-token take at 100 tokens/s holds the schedule 0.5 s; giving 30 back frees 0.3 s of it."""
+    pacer = Pacer(100.0)
+    assert pacer.reserve(50, 0.0) == 0.0  # the first is caught up: the schedule is at 0.0
+    assert pacer.reserve(50, 0.0) == 0.0
+    assert pacer.reserve(10, 0.0) == pytest.approx(0.5)
+    pacer.give_back(30)
+    assert pacer.reserve(10, 0.0) == pytest.approx(0.2)
+    pacer.give_back(-30)  # a reply that used more than it reserved
+    assert pacer.reserve(10, 0.0) == pytest.approx(0.5)
+
+
+def test_an_infinite_rate_only_holds() -> None:
+    """Without a rate every take goes at once, but a hold still stops them."""
+    pacer = Pacer()
+    assert all(pacer.reserve(1, 0.0) == 0.0 for _ in range(100))
+    pacer.hold_until(1.0)
+    assert pacer.reserve(1, 0.5) == pytest.approx(0.5)
+
+
+def test_takes_from_many_tasks_share_one_schedule() -> None:
+    """Eight tasks share one request pace: 16 requests at 40/s take at least 14 intervals (0.35 s)."""
 
     async def main() -> float:
-        bucket = TokenBucket(100.0, 10)
+        limiter = Limiter(concurrency=8, requests_per_minute=2400)
+        req = request(1, 1)
+
+        async def worker() -> None:
+            for _ in range(2):
+                await limiter.acquire(req)
+
         started = time.monotonic()
-        for _ in range(30):
-            await bucket.take(1)
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(worker)
         return time.monotonic() - started
 
-    assert anyio.run(main) >= 0.18
-
-
-def test_bucket_starts_full_and_capacity_is_at_least_one() -> None:
-    """A new bucket holds `capacity` tokens, and a capacity below 1 is raised to 1."""
-
-    async def main() -> float:
-        bucket = TokenBucket(1.0, 10)
-        await bucket.take(10)
-        return bucket._level
-
-    assert anyio.run(main) == pytest.approx(0.0, abs=0.05)
-    assert TokenBucket(0.5, 0.2).capacity == 1.0
-
-
-def test_oversized_take_from_a_full_bucket_leaves_debt() -> None:
-    """Taking 50 from a full 10-token bucket goes through and leaves 40 owed: the next take waits ~0.41 s."""
-
-    async def main() -> tuple[float, float]:
-        bucket = TokenBucket(100.0, 10)
-        await bucket.take(50)
-        level = bucket._level
-        started = time.monotonic()
-        await bucket.take(1)
-        return level, time.monotonic() - started
-
-    level, waited = anyio.run(main)
-    assert level == pytest.approx(-40.0, abs=0.5)
-    assert waited >= 0.38
-
-
-def test_oversized_take_waits_for_a_full_bucket() -> None:
-    """An oversized take from an empty bucket waits until the bucket is full (capacity / rate)."""
-
-    async def main() -> float:
-        bucket = TokenBucket(100.0, 10)
-        await bucket.take(10)
-        started = time.monotonic()
-        await bucket.take(25)
-        return time.monotonic() - started
-
-    assert anyio.run(main) >= 0.09
-
-
-def test_give_back_returns_tokens_up_to_capacity() -> None:
-    """`give_back` refunds unused tokens, never above capacity, and a negative amount puts it in debt."""
-
-    async def main() -> list[float]:
-        bucket = TokenBucket(1.0, 10)
-        await bucket.take(10)
-        levels = []
-        bucket.give_back(6)
-        levels.append(bucket._level)
-        bucket.give_back(1000)
-        levels.append(bucket._level)
-        bucket.give_back(-25)
-        levels.append(bucket._level)
-        return levels
-
-    assert anyio.run(main) == pytest.approx([6.0, 10.0, -15.0], abs=0.05)
-
-
-def test_negative_give_back_delays_the_next_take() -> None:
-    """Tokens taken back with a negative give_back must be refilled before the next take."""
-
-    async def main() -> float:
-        bucket = TokenBucket(100.0, 10)
-        bucket.give_back(-20)  # 10 - 20 = -10: 11 tokens to refill before taking 1
-        started = time.monotonic()
-        await bucket.take(1)
-        return time.monotonic() - started
-
-    assert anyio.run(main) >= 0.1
-
-
-@pytest.mark.parametrize(
-    ("per_minute", "rate", "capacity"),
-    [(600, 10.0, 10), (1_000_000, 1_000_000 / 60, 16667), (30, 0.5, 1)],
-)
-def test_per_minute_bucket_holds_one_seconds_worth(per_minute: float, rate: float, capacity: float) -> None:
-    """A per-minute limit becomes a per-second rate with a second's worth (at least 1) of capacity."""
-    bucket = per_minute_bucket(per_minute)
-    assert bucket.rate_per_s == pytest.approx(rate)
-    assert bucket.capacity == capacity
+    assert anyio.run(main) >= 0.34
 
 
 def test_configured_rates_turn_adaptive_concurrency_off() -> None:
-    """With RPM or TPM configured the limiter uses those buckets and no adaptive window."""
+    """With RPM or TPM configured the limiter paces at those rates and keeps no adaptive window."""
     limiter = Limiter(concurrency=8, requests_per_minute=600, tokens_per_minute=1_000_000)
-    assert limiter.requests is not None
+    assert limiter.requests.rate_per_s == 10.0
     assert limiter.tokens is not None
-    assert limiter.tokens.capacity == 16667
+    assert limiter.tokens.rate_per_s == pytest.approx(1_000_000 / 60)
     assert limiter.adaptive is None
     bare = Limiter(concurrency=8, adaptive=False)
-    assert bare.requests is None
+    assert bare.pace_per_s is None
     assert bare.tokens is None
     assert bare.adaptive is None
 
@@ -150,62 +136,57 @@ def test_first_reservation_is_prompt_estimate_plus_expected_output() -> None:
 
 
 def test_replies_correct_the_token_reservation() -> None:
-    """After a reply the bucket gets back the reservation minus the tokens used; a failure returns it all."""
+    """After a reply the schedule gets back the reservation minus the tokens used; a failure gets it all."""
 
     async def main() -> list[float]:
-        limiter = Limiter(concurrency=8, tokens_per_minute=6000)  # 100 tokens/s, 100 capacity
+        limiter = Limiter(concurrency=8, tokens_per_minute=6000)  # 100 tokens/s
         assert limiter.tokens is not None
-        levels = []
+        tokens = limiter.tokens
         req = request(40, 20)
-        ticket = await limiter.acquire(req)
+        first = await limiter.acquire(req)  # caught up: the schedule is at its send time
+        ticket = await limiter.acquire(req)  # 60 tokens: 0.6 s of schedule
         assert ticket.tokens == 60
-        levels.append(limiter.tokens._level)
-        limiter.on_success(ticket, Usage(prompt_tokens=8, completion_tokens=2, total_tokens=10), NO_HEADERS)
-        levels.append(limiter.tokens._level)
-        ticket = await limiter.acquire(req)
-        limiter.on_failure(ticket, rate_limited(None), 0.0)  # a failed request used nothing
-        levels.append(limiter.tokens._level)
-        return levels
+        ahead = [tokens._next - ticket.sent_at]
+        limiter.on_success(ticket, Usage(prompt_tokens=40, completion_tokens=2, total_tokens=42), NO_HEADERS)
+        ahead.append(tokens._next - ticket.sent_at)
+        failed = ProviderError("boom", error_type="server_error", error_class=ErrorClass.RETRY, status=500)
+        limiter.on_failure(first, failed, 0.0)  # a failed request used nothing
+        ahead.append(tokens._next - ticket.sent_at)
+        return ahead
 
-    # 100 - 60 = 40; + (60 - 10) = 90; - 42 (40 + the 2 completion tokens now expected) + 42 = 90.
-    assert anyio.run(main) == pytest.approx([40.0, 90.0, 90.0], abs=1.0)
+    # 0.6 s ahead; the reply used 42 of 60, so 0.18 s back; the failed one's 0.6 s back as well.
+    assert anyio.run(main) == pytest.approx([0.6, 0.42, -0.18], abs=0.01)
 
 
-def test_reply_larger_than_reserved_puts_the_bucket_in_debt() -> None:
-    """A reply that used more tokens than reserved is charged, so the next request waits for the refill."""
+def test_reply_larger_than_reserved_delays_the_next_request() -> None:
+    """A reply that used more tokens than reserved is charged: the next request waits for it."""
 
     async def main() -> float:
-        limiter = Limiter(concurrency=8, tokens_per_minute=6000)  # 100 tokens/s, 100 capacity
+        limiter = Limiter(concurrency=8, tokens_per_minute=6000)  # 100 tokens/s
         req = request(10, 5)
-        ticket = await limiter.acquire(req)  # reserves 15: level 85
-        limiter.on_success(
-            ticket, Usage(prompt_tokens=110, completion_tokens=5, total_tokens=115), NO_HEADERS
-        )
-        started = time.monotonic()  # level -15; the next reserves 10 + 5 = 15, so 30 must refill
+        ticket = await limiter.acquire(req)
+        limiter.on_success(ticket, Usage(prompt_tokens=10, completion_tokens=35, total_tokens=45), NO_HEADERS)
+        started = time.monotonic()  # 30 tokens more than reserved: 0.3 s before the next may go
         await limiter.acquire(req)
         return time.monotonic() - started
 
-    assert anyio.run(main) >= 0.27
+    assert anyio.run(main) >= 0.25
 
 
-def test_requests_per_minute_is_shared_by_concurrent_tasks() -> None:
-    """Eight tasks share one request bucket: 56 requests at 40/s with 40 up front take at least 0.4 s."""
+def test_prompt_estimates_are_corrected_by_what_replies_report() -> None:
+    """Estimates 25% high are learned: the reservation follows the prompt tokens replies report."""
+    limiter = Limiter(concurrency=1, tokens_per_minute=60_000_000)
+    req = request(100, 0)
 
-    async def main() -> float:
-        limiter = Limiter(concurrency=8, requests_per_minute=2400)
-        req = request(1, 1)
+    async def main() -> int:
+        for _ in range(200):
+            ticket = await limiter.acquire(req)
+            limiter.on_success(
+                ticket, Usage(prompt_tokens=80, completion_tokens=0, total_tokens=80), NO_HEADERS
+            )
+        return limiter.reserve_for(req)
 
-        async def worker() -> None:
-            for _ in range(7):
-                await limiter.acquire(req)
-
-        started = time.monotonic()
-        async with anyio.create_task_group() as tg:
-            for _ in range(8):
-                tg.start_soon(worker)
-        return time.monotonic() - started
-
-    assert anyio.run(main) >= 0.38
+    assert anyio.run(main) == 80
 
 
 def test_cool_down_delays_acquire() -> None:
@@ -268,3 +249,131 @@ def test_server_errors_do_not_cool_down() -> None:
         return limiter.cooling_down
 
     assert anyio.run(main) is False
+
+
+def test_a_429_during_a_cooldown_does_not_stack_cooldowns() -> None:
+    """429s for requests sent before a cooldown began leave it as it is, however many come back."""
+
+    async def main() -> list[float]:
+        limiter = Limiter(concurrency=8, requests_per_minute=600)
+        tickets = [await limiter.acquire(request(1, 1)) for _ in range(3)]
+        limiter.on_failure(tickets[0], rate_limited(0.3), 0.0)
+        deadline = limiter._cool_until
+        await anyio.sleep(0.05)
+        for ticket in tickets[1:]:  # sent before the cooldown: their 429s say nothing new
+            limiter.on_failure(ticket, rate_limited(0.3), 0.0)
+            limiter.on_failure(ticket, rate_limited(None), 0.0)
+        return [deadline, limiter._cool_until, limiter.trim.factor]
+
+    first_deadline, deadline, factor = anyio.run(main)
+    assert deadline == first_deadline
+    assert factor == pytest.approx(1 - adaptive_module.TRIM)  # one cut, not three
+
+
+def test_a_bare_429_pauses_one_interval_doubling_while_they_keep_coming() -> None:
+    """Without a retry-after the pause is the pace's interval, doubled per 429 in a row, reset by answers."""
+
+    async def main() -> list[float]:
+        limiter = Limiter(concurrency=8, requests_per_minute=600)  # 10/s: 0.1 s apart
+        pauses = []
+        for outcome in ("429", "429", "429", "ok", "429"):
+            ticket = await limiter.acquire(request(1, 1))
+            if outcome == "ok":
+                limiter.on_success(ticket, Usage(1, 1, total_tokens=2), NO_HEADERS)
+                continue
+            limiter.on_failure(ticket, rate_limited(None), 5.0)
+            pauses.append(limiter.cooldown_left_s)
+        return pauses
+
+    pauses = anyio.run(main)
+    interval = 1 / (10 * (1 - adaptive_module.TRIM))  # the first 429 trimmed the pace
+    assert pauses == pytest.approx([interval, 2 * interval, 4 * interval, interval], rel=0.05)
+
+
+def test_a_configured_pace_is_trimmed_by_a_429_and_grows_back_with_answers() -> None:
+    """A 429 takes TRIM off the pace; RECOVER_REPLIES answers later it is back at the configured rate."""
+    trim = RateTrim()
+    for i in range(100):
+        trim.on_success(i * 0.01)
+    assert trim.on_rate_limited(sent_at=1.0, now=1.0)
+    assert trim.factor == pytest.approx(0.99)
+    assert not trim.on_rate_limited(sent_at=0.99, now=1.5)  # sent before the cut
+    assert not trim.on_rate_limited(sent_at=1.2, now=1.5)  # within a second of the cut
+    for i in range(adaptive_module.RECOVER_REPLIES // 2):
+        trim.on_success(2.0 + i * 0.01)
+    assert 0.99 < trim.factor < 1.0
+    for i in range(adaptive_module.RECOVER_REPLIES):
+        trim.on_success(10.0 + i * 0.01)
+    assert trim.factor == 1.0
+
+
+def test_a_pace_far_above_the_limit_is_cut_by_the_share_refused() -> None:
+    """When a fifth of the replies to requests sent since the last cut were 429s, a cut takes a fifth off."""
+    trim = RateTrim()
+    assert trim.on_rate_limited(sent_at=0.0, now=0.0)  # the first 429: nothing measured yet, 1% off
+    before = trim.factor
+    assert before == pytest.approx(0.99)
+    for i in range(40):  # fewer than TRIM_REPLIES: no cut before the second is up
+        sent = 0.05 + i * 0.02
+        if i % 5 == 0:
+            trim.on_rate_limited(sent_at=sent, now=sent)  # within a second of the cut: counted, no cut
+        else:
+            trim.on_success(sent)
+    assert trim.factor > before  # only grown by the answers
+    grown = trim.factor
+    assert trim.on_rate_limited(sent_at=1.0, now=1.0)
+    # Replies to requests sent since the first cut: 8 + 1 refusals, 32 answers. Beyond this one, 8 / 41.
+    assert trim.factor == pytest.approx(grown * (1 - 8 / 41), rel=0.02)
+
+
+def test_replies_to_requests_sent_before_a_cut_do_not_count_toward_the_next() -> None:
+    """After a cut, the refusals of requests sent at the old pace are not held against the new one."""
+    trim = RateTrim()
+    for i in range(50):
+        trim.on_rate_limited(sent_at=-0.5 + i / 100, now=0.0 + i / 1000)  # the first cuts, at 0.0
+    for i in range(50):
+        trim.on_success(0.1 + i / 100)  # sent after the cut: all answered
+    assert trim.on_rate_limited(sent_at=1.1, now=1.1)
+    assert trim.factor == pytest.approx(0.99 * 0.99, rel=0.01)  # two cuts of TRIM, not one of ~half
+
+
+def test_headers_of_a_long_window_are_heeded_and_a_short_one_left_to_the_pace() -> None:
+    """Nothing left of a minute's window pauses the run to its reset; of a one-second window, it does not."""
+
+    async def main() -> tuple[float, float]:
+        limiter = Limiter(concurrency=8, requests_per_minute=600)
+        spent = RateInfo(requests=RateLimits(limit=600, remaining=0, reset_s=0.8))
+        ticket = await limiter.acquire(request(1, 1))
+        limiter.on_success(ticket, Usage(1, 1, total_tokens=2), spent)
+        short = limiter.cooldown_left_s
+        minute = RateInfo(requests=RateLimits(limit=600, remaining=0, reset_s=20.0))
+        ticket = await limiter.acquire(request(1, 1))
+        limiter.on_success(ticket, Usage(1, 1, total_tokens=2), minute)
+        return short, limiter.cooldown_left_s
+
+    short, long = anyio.run(main)
+    assert short == 0.0
+    assert 19.0 < long <= 20.0
+
+
+def test_a_limit_announced_in_headers_is_adopted_when_none_is_configured() -> None:
+    """With no rate in the job, `x-ratelimit-limit-requests: 1200` paces the run at 20 a second."""
+
+    async def main() -> float | None:
+        limiter = Limiter(concurrency=8)
+        ticket = await limiter.acquire(request(1, 1))
+        announced = RateInfo(requests=RateLimits(limit=1200, remaining=19, reset_s=0.05))
+        limiter.on_success(ticket, Usage(1, 1, total_tokens=2), announced)
+        return limiter.pace_per_s
+
+    assert anyio.run(main) == pytest.approx(20.0)
+
+
+def test_enough_fresh_replies_allow_a_cut_within_the_second() -> None:
+    """At a high rate a cut need not wait a second: TRIM_REPLIES replies since the last cut are enough."""
+    trim = RateTrim()
+    assert trim.on_rate_limited(sent_at=0.0, now=0.0)
+    for i in range(adaptive_module.TRIM_REPLIES - 2):
+        trim.on_success(0.001 * (i + 1))
+    assert not trim.on_rate_limited(sent_at=0.1, now=0.1)  # one reply short: not yet
+    assert trim.on_rate_limited(sent_at=0.1, now=0.1)  # enough

@@ -138,36 +138,52 @@ def test_token_reservation_follows_real_completions() -> None:
     assert sizes[-1] == 110
 
 
-def test_adaptive_limit_grows_while_answers_come_and_paces_after_a_429(
+def test_adaptive_limit_starts_at_full_concurrency_and_paces_after_a_429(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Slow start doubles the window per round; a 429 cuts it; the pace is set from what came after it."""
+    """No limit known: all of `concurrency` at once; a 429 cuts the window and sets a first pace from what
+    was admitted; a second later the busiest second of answers measures the pace."""
     monkeypatch.setattr(adaptive_module, "MIN_SPAN_S", 0.2)
 
-    async def scenario() -> AdaptiveLimit:
+    async def scenario() -> tuple[AdaptiveLimit, float | None]:
         adaptive = AdaptiveLimit(max_concurrency=64)
-        assert adaptive.concurrency == 4
+        assert adaptive.concurrency == 64  # a provider with room to spare costs nothing
+        now = time.monotonic()
         for _ in range(20):
             await adaptive.acquire()
             adaptive.release()
-            adaptive.on_success()
-        assert adaptive.concurrency == 24
-        adaptive.on_rate_limited(sent_at=time.monotonic())
-        # The first 429 only cuts the window: the answers before it were a burst, not the provider's rate.
-        assert adaptive.concurrency == 16
-        assert adaptive.rate_per_s is None
-        for _ in range(10):
-            await anyio.sleep(0.03)
-            adaptive.on_success()
-        adaptive.on_rate_limited(sent_at=time.monotonic())
-        return adaptive
+            adaptive.on_success(now - 0.5, latency_s=0.1)
+        adaptive.on_rate_limited(sent_at=now, now=now)
+        # 20 admitted before the first refusal: taken as a second's worth, at the 95% margin.
+        provisional = adaptive.rate_per_s
+        assert adaptive.concurrency == 44  # 64 x 0.7 = 44.8
+        for i in range(10):
+            adaptive.on_success(now + 0.03 * (i + 1), latency_s=0.1)
+        adaptive.on_rate_limited(sent_at=now + 0.3, now=now + 0.3)
+        return adaptive, provisional
 
-    adaptive = anyio.run(scenario)
-    assert adaptive.concurrency == 12  # (16.8 + 10 / 16.8) x 0.7
-    rate = adaptive.rate_per_s
-    assert rate is not None
-    # Ten answers in about 0.3 s, paced at 95% of that: well under the burst's rate of 20 in no time.
-    assert 10 / 0.6 < rate < 10 / 0.3
+    adaptive, provisional = anyio.run(scenario)
+    assert provisional == pytest.approx(19.0)
+    assert adaptive.concurrency == 31  # (44.8 + 10 / 44.8) x 0.7: above what 9.5/s x 0.1 s needs
+    # The busiest second since the first 429 held ten answers: 95% of that is 9.5, but the pace never
+    # drops below half of what the provider admitted before it first refused (20).
+    assert adaptive.rate_per_s == pytest.approx(10.0)
+
+
+def test_adaptive_window_is_never_cut_below_what_the_pace_needs_in_flight() -> None:
+    """At 100/s with 0.5 s round trips, 429s never cut the window below 2 x 50 in flight."""
+
+    async def scenario() -> int:
+        adaptive = AdaptiveLimit(max_concurrency=256)
+        now = time.monotonic()
+        for i in range(2000):  # 20 s of answers at 100/s, with a 429 every second
+            t = now + i * 0.01
+            adaptive.on_success(t, latency_s=0.5)
+            if i % 100 == 99:
+                adaptive.on_rate_limited(sent_at=t, now=t)
+        return adaptive.concurrency
+
+    assert anyio.run(scenario) >= 2 * 0.5 * 80
 
 
 def test_breaker_opens_after_a_run_of_failures_and_closes_on_a_probe_success() -> None:

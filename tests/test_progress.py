@@ -70,19 +70,21 @@ def test_snapshots_follow_the_runners_counters_to_the_final_totals(
 
 
 def test_progress_phrases_name_rate_eta_tokens_cost_limiter_and_errors() -> None:
-    """A snapshot reads as rows of total, rate, ETA, tokens, cost, in flight, limiter state and errors."""
+    """A snapshot reads as rows of total, rate, ETA, tokens, cost, in flight and waiting, limiter state
+    (with what binds) and errors."""
     snap = Snapshot(
         elapsed_s=10.0, ok=350, failed=40, reused=10, sent=500, in_flight=7, prompt_tokens=1_500_000,
         completion_tokens=2_500, cost_usd=1.25, errors={"rate_limited": 30, "server_error": 10},
-        cooldown_s=2.5, concurrency=12, max_concurrency=64, pace_per_s=48.0, down_s=31.0,
+        cooldown_s=2.5, concurrency=12, max_concurrency=64, pace_per_s=48.0, down_s=31.0, waiting=5,
+        binding="cooldown",
     )  # fmt: skip
     assert eta_s(snap, 1000, 50.0) == pytest.approx(12.0)
     assert eta_s(snap, None, 50.0) is None
     text = "; ".join(describe(snap, 1000, 50.0))
     assert text == (
         "400/1,000 rows (40%); 50.0 rows/s; ETA 0:12; tokens 1.5M in, 2.5k out; $1.2500; "
-        "7 in flight, 500 sent; concurrency 12/64 (adaptive), pace 48.0/s, cooling down 2.5 s, "
-        "provider down 31 s; errors rate_limited 30, server_error 10"
+        "7 in flight, 5 waiting, 500 sent; concurrency 12/64 (adaptive), pace 48.0/s, cooling down 2.5 s, "
+        "provider down 31 s, bound by cooldown; errors rate_limited 30, server_error 10"
     )
 
 

@@ -4,7 +4,8 @@ Every answer is deterministic. The reply text is a function of the model and the
 of the same prompt set gives the same output; injected faults (429, 500, 502, 503, 529, dropped connections,
 truncated bodies, slow replies) are a function of the seed, the raw request body and how many times that
 body was admitted, so a retrying client sees the same fault pattern on every run. Optional RPM and TPM limits
-are enforced per second like DashScope and OpenAI do, with or without OpenAI's rate-limit headers; an
+are enforced the ways real providers do (a bucket, a sliding or fixed one-second window, a fixed minute),
+with or without OpenAI's rate-limit headers; an
 optional outage window answers every request 503. Requests are cheap to answer (no logging, stdlib `json`,
 each feature costs nothing while it is off) so benchmarks measure the client.
 
@@ -17,7 +18,7 @@ and `/v1/messages/batches` (`msgbatches`), answered by the same code as live req
 
 Modules: `config` (EmulatorConfig), `replies` (parsing, reply text, usage), `answers` (thinking, tool
 calls, JSON, n), `dialects` (the OpenAI and Anthropic wire formats, JSON and SSE), `ratelimit` (RPM/TPM
-buckets and headers), `faults` (the fault draw, broken connections and cut streams), `app` (the handlers
+windows and headers), `faults` (the fault draw, broken connections and cut streams), `app` (the handlers
 and counters), `server` (EmulatorServer and serve), `batchconfig`, `batchjobs` (a batch's phases),
 `batchlines` (an OpenAI batch file's lines), `batches` and `msgbatches` (the Batch APIs).
 """

@@ -68,8 +68,10 @@ class Emulator:
     `answered[key]` counts the complete 200 answers per request key (the first 32 hex chars of the sha256 of
     the raw request body); `requests_by_status[status]` counts the chat-completion replies per HTTP status,
     with dropped connections under `STATUS_DROPPED` (0) and truncated 200s under `STATUS_TRUNCATED` (-1);
-    `throttled` counts the 429s of the RPM/TPM limits by limit ("requests", "tokens"). All are only written
-    on the loop that serves `app`.
+    `throttled` counts the 429s of the RPM/TPM limits by limit ("requests", "tokens"); `timeline[(second,
+    status)]` counts replies per whole second of `time.monotonic()` and status (a run's rate in any window,
+    for benchmarks; it holds one entry per second and status). All are only written on the loop that serves
+    `app`.
 
     The order a request goes through: `hold_after`; the outage window (503 after the latency); the API key
     and the body (401 or 400 after the latency); the rate limits (429 at once); the latency; then the
@@ -87,6 +89,7 @@ class Emulator:
         self.answered: collections.Counter[str] = collections.Counter()
         self.requests_by_status: collections.Counter[int] = collections.Counter()
         self.throttled: collections.Counter[str] = collections.Counter()
+        self.timeline: collections.Counter[tuple[int, int]] = collections.Counter()
         self._attempts: collections.Counter[str] = collections.Counter()
         self._admitted = 0  # requests let through, for `hold_after`
         self._retry_headers: dict[str, str] | None = None  # for injected 429s, whose wait is configured
@@ -121,15 +124,23 @@ class Emulator:
         now = self._started_at = time.monotonic()
         if config.requests_per_minute is not None or config.tokens_per_minute is not None:
             self._limiter = RateLimiter(
-                config.requests_per_minute, config.tokens_per_minute, config.rate_limit_headers, now
+                config.requests_per_minute,
+                config.tokens_per_minute,
+                config.rate_limit_headers,
+                now,
+                config.limit_window,
             )
         if config.outage_after_s is not None and config.outage_s > 0:
             start = now + config.outage_after_s
             self._outage = (start, start + config.outage_s)
 
     def _count(self, response: web.Response) -> web.Response:
-        self.requests_by_status[response.status] += 1
+        self._tally(response.status)
         return response
+
+    def _tally(self, status: int) -> None:
+        self.requests_by_status[status] += 1
+        self.timeline[(int(time.monotonic()), status)] += 1
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, OPENAI)
@@ -197,7 +208,7 @@ class Emulator:
             return await send_truncated(request, dialect.reply(key, checked, reply), headers)
         self.answered[key] += 1
         if checked.stream:
-            self.requests_by_status[200] += 1
+            self._tally(200)
             return await send_stream(request, dialect.events(key, checked, reply), headers)
         return self._count(_json_response(200, dialect.reply(key, checked, reply), headers))
 

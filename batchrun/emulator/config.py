@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from batchrun.emulator.batchconfig import DEFAULT_BATCH_CONFIG, BatchConfig
+from batchrun.emulator.ratelimit import WINDOWS
 
 __all__ = ["DEFAULT_CONFIG", "FAULT_RATES", "EmulatorConfig"]
 
@@ -45,10 +46,12 @@ class EmulatorConfig:
     api_key: str | None = None  # when set, requests must carry `Authorization: Bearer <api_key>`
     seed: int = 0  # seeds the fault choice
     hold_after: int | None = None  # answer this many requests, then hold every later one until stop()
-    # Rate limits, enforced per second like DashScope and OpenAI: a bucket refilled continuously at
-    # RPM/60 (TPM/60) per second that holds one second's worth. Over the limit: 429 at once, no latency.
+    # Rate limits, enforced as `limit_window` says (see `batchrun.emulator.ratelimit`): a bucket holding one
+    # second's worth, a sliding or fixed one-second window of limit/60, or a fixed minute of the whole limit.
+    # Over the limit: 429 at once, no latency.
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None  # cost: prompt tokens + max_tokens (see `Emulator`)
+    limit_window: str = "bucket"  # one of ratelimit.WINDOWS: bucket, sliding, second, minute
     # True: OpenAI's `x-ratelimit-*` headers on every reply while a limit is set, `retry-after(-ms)` on 429s.
     # False: bare 429s without any rate-limit or retry header, as DashScope sends them.
     rate_limit_headers: bool = True
@@ -84,6 +87,10 @@ class EmulatorConfig:
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
                 raise ValueError(f"EmulatorConfig.{name} must be None or a finite number > 0, got {value!r}")
+        if self.limit_window not in WINDOWS:
+            raise ValueError(
+                f"EmulatorConfig.limit_window must be one of {', '.join(WINDOWS)}, got {self.limit_window!r}"
+            )
         if not isinstance(self.rate_limit_headers, bool):
             raise ValueError(
                 f"EmulatorConfig.rate_limit_headers must be a bool, got {self.rate_limit_headers!r}"
