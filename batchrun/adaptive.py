@@ -33,6 +33,7 @@ PROBE_GROWTH = 0.0002  # how fast the discovered pace creeps up, a share per ans
 WINDOW_S = 5.0  # the window the success rate is measured over
 FLOOR = 0.5  # the discovered pace never drops below this share of the best success rate measured
 MIN_SPAN_S = 1.0  # the shortest stretch of answers a success rate is measured over
+PROVISIONAL_MIN = 10  # answers before the first 429 it takes to guess a first pace from them
 MIN_CUT_GAP_S = 0.2  # at most one cut of the window per this many seconds
 LATENCY_WEIGHT = 0.05  # how fast the running average of round trips follows new answers
 
@@ -146,8 +147,9 @@ class AdaptiveLimit:
             # What the provider let through before it refused (answered, or still in flight) is what its
             # window holds; as a second's worth it is a first pace, until a second of answers measures one.
             admitted = len(self._successes) + self._gate.borrowed_tokens
-            self.rate_per_s = max(1.0, admitted * RATE_MARGIN)
-            self._best_rate = float(admitted)
+            if admitted >= PROVISIONAL_MIN:  # fewer says nothing: the run had barely begun
+                self.rate_per_s = admitted * RATE_MARGIN
+                self._best_rate = float(admitted)
         limited_since = self._limited_since
         self._last_cut = now
         # Never below what the pace needs in flight: a rate limit is met by the pace, and a window cut
@@ -159,7 +161,7 @@ class AdaptiveLimit:
         if not measured:
             # Too soon, or nothing admitted at all lately (a window spent until its reset, e.g. a minute's):
             # that says nothing of the rate; the pauses after 429s wait it out.
-            return first
+            return first and self.rate_per_s is not None
         self._best_rate = max(self._best_rate, measured)
         rate = measured * RATE_MARGIN
         if self.rate_per_s is not None and now - limited_since > WINDOW_S:

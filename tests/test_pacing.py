@@ -296,3 +296,19 @@ def test_an_outage_pauses_and_probes_without_burning_attempts(write_job: WriteJo
     summary, _ = mock_run(write_job, handler, "limits.max_attempts=3", "limits.concurrency=4")
     assert summary.ok == 40  # type: ignore[attr-defined]
     assert calls < 200  # paused and probed: it did not hammer the provider through the outage
+
+
+def test_a_429_after_a_handful_of_answers_sets_no_pace() -> None:
+    """Two answers before the first 429 say nothing of a window: no first pace is guessed from them."""
+
+    async def scenario() -> float | None:
+        adaptive = AdaptiveLimit(max_concurrency=1)
+        now = time.monotonic()
+        for i in range(2):
+            await adaptive.acquire()
+            adaptive.release()
+            adaptive.on_success(now + i * 0.001, latency_s=0.001)
+        adaptive.on_rate_limited(sent_at=now + 0.01, now=now + 0.01)
+        return adaptive.rate_per_s
+
+    assert anyio.run(scenario) is None
