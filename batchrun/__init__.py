@@ -13,18 +13,18 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["load_job", "run_job"]
 
 if TYPE_CHECKING:
-    from batchrun.job import load_job
-    from batchrun.runner import run_job
+    from batchrun.engines.live import run_job
+    from batchrun.job.schema import load_job
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: `import batchrun` (and so `batchrun --help`) must not pay for polars, httpx and aiohttp.
     if name == "load_job":
-        from batchrun.job import load_job
+        from batchrun.job.schema import load_job
 
         return load_job
     if name == "run_job":
-        from batchrun.runner import run_job
+        from batchrun.engines.live import run_job
 
         return run_job
     raise AttributeError(f"module 'batchrun' has no attribute {name!r}")

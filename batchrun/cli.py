@@ -17,8 +17,8 @@ import click
 from batchrun.errors import EXIT_INTERNAL
 
 if TYPE_CHECKING:
-    from batchrun.job import Job
-    from batchrun.summary import Summary
+    from batchrun.job.schema import Job
+    from batchrun.report.summary import Summary
 
 EXIT_USAGE = 2
 EXIT_STOPPED = 3
@@ -48,7 +48,7 @@ def _report_bug(exc: BaseException, log_file: Path | None, secret: str | None) -
     import tempfile
     import traceback
 
-    from batchrun import runlog
+    from batchrun.report import runlog
 
     def redact(text: str) -> str:
         return text.replace(secret, "***") if secret else text
@@ -138,10 +138,10 @@ def run(
     3 stopped early (bad key, no balance, budget, disk full, interrupt; a rerun resumes), 4 internal error
     (a bug: the traceback is in the log file).
     """
-    from batchrun import runlog
     from batchrun.errors import BatchrunError
-    from batchrun.job import load_job
-    from batchrun.sweep import split
+    from batchrun.job.schema import load_job
+    from batchrun.job.sweep import split
+    from batchrun.report import runlog
 
     log = logging.getLogger("batchrun")
     with runlog.stderr_logging(sys.stderr, quiet=quiet) as stderr:
@@ -166,10 +166,10 @@ def _run_one(
     """Run one job with its log file and progress display; exit the process when it stops early."""
     import os
 
-    from batchrun import runlog
-    from batchrun.endpoint import read_key
+    from batchrun.engines.live import run_job
     from batchrun.errors import BatchrunError
-    from batchrun.runner import run_job
+    from batchrun.net.endpoint import read_key
+    from batchrun.report import runlog
 
     log = logging.getLogger("batchrun")
     env = job.provider.api_key_env
@@ -253,8 +253,8 @@ def estimate(
     Rows answered by an earlier run of the same job (its journal) are left out, as `run` would.
     """
     from batchrun.errors import BatchrunError
-    from batchrun.estimate import estimate_job
-    from batchrun.job import load_job
+    from batchrun.job.schema import load_job
+    from batchrun.money.estimate import estimate_job
 
     try:
         job = load_job(job_file, overrides, input_path=input_path, output_path=output_path)
@@ -283,7 +283,7 @@ def report(output: Path, as_json: bool, html_path: Path | None, failed: int) -> 
     Exit codes: 0 every row ok, 1 some rows failed, 2 not a readable batchrun output.
     """
     from batchrun.errors import BatchrunError
-    from batchrun.report import build_report
+    from batchrun.report.build import build_report
 
     try:
         result = build_report(output, failed=failed)
@@ -291,7 +291,7 @@ def report(output: Path, as_json: bool, html_path: Path | None, failed: int) -> 
         click.echo(f"batchrun: {exc}", err=True)
         sys.exit(exc.exit_code)
     if html_path is not None:
-        from batchrun.htmlreport import write_html
+        from batchrun.report.html import write_html
 
         try:
             write_html(result, html_path)
@@ -379,7 +379,7 @@ def emulate(host: str, port: int, api_key_env: str | None, **behaviour: Any) -> 
     """Serve a local OpenAI- and Anthropic-compatible API: deterministic replies, limits, faults."""
     from batchrun.emulator import EmulatorConfig, serve
     from batchrun.emulator.batchconfig import BatchConfig
-    from batchrun.endpoint import read_key
+    from batchrun.net.endpoint import read_key
 
     api_key = None
     if api_key_env:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from batchrun.summary import Summary
+    from batchrun.report.summary import Summary
 
 EXIT_INTERNAL = 4
 """The exit code of an unexpected exception: a bug in batchrun, not a mistake of the user's."""

@@ -60,7 +60,7 @@ print(lines)
     "assemble": """
 import sys
 from pathlib import Path
-from batchrun.store import RunStore
+from batchrun.store.runstore import RunStore
 store = RunStore(Path(sys.argv[1]))
 store.assemble()
 print(store.assembly.rows)
@@ -68,14 +68,14 @@ print(store.assembly.rows)
     "resume": """
 import sys
 from pathlib import Path
-from batchrun.store import RunStore
+from batchrun.store.runstore import RunStore
 store = RunStore(Path(sys.argv[1]))
 print(len(store.finished_ids()), store.spent_usd())
 """,
     "summary": """
 import sys
 from pathlib import Path
-from batchrun.summary import summarize
+from batchrun.report.summary import summarize
 print(summarize(Path(sys.argv[1])).rows)
 """,
 }
@@ -97,7 +97,7 @@ def synthesize(output: Path, rows: int, completion_bytes: int, seed: int = 3) ->
     import polars as pl
 
     from batchrun.records import Result
-    from batchrun.store import RunStore
+    from batchrun.store.runstore import RunStore
 
     rng = random.Random(seed)
     prose = " ".join(rng.choice(WORDS) for _ in range(200_000))

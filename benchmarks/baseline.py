@@ -5,7 +5,7 @@ loop measures the network path, not rendering), then keeps `--concurrency` reque
 is answered, parsing each reply as JSON. Prints one JSON line: rows, ok, wall_s (sending only).
 
 `--client aiohttp` (the issue's baseline) sends with an aiohttp session; `--client http1` with batchrun's
-own lean HTTP/1.1 client (`batchrun.http1`), so batchrun's overhead over its own network path shows too.
+own lean HTTP/1.1 client (`batchrun.net.http1`), so batchrun's overhead over its own network path shows too.
 Both run on the event loop batchrun runs on (uvloop where it is installed).
 
     python benchmarks/baseline.py --url http://127.0.0.1:PORT/v1 --input prompts.jsonl --concurrency 64
@@ -57,7 +57,7 @@ async def with_aiohttp(url: str, bodies: list[bytes], concurrency: int) -> int:
 
 async def with_http1(url: str, bodies: list[bytes], concurrency: int) -> int:
     """The bare loop over batchrun's lean HTTP/1.1 client."""
-    from batchrun import http1
+    from batchrun.net import http1
 
     pool = http1.Pool()
     route = http1.route(url, HEADERS)

@@ -43,7 +43,7 @@ PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PRO
 
 def requests(n: int, model: str) -> Iterator[Any]:
     """N prepared requests shaped like a labeling job's (a system prompt, a review, max_tokens)."""
-    from batchrun.inputs import encode
+    from batchrun.inputs.prompts import encode
     from batchrun.records import Request
 
     system = {"role": "system", "content": "You label the sentiment of product reviews."}
@@ -58,8 +58,8 @@ def child(kind: str, base: str, rows: int, folder: Path, baseline: bool) -> dict
     import anyio
     import httpx
 
-    from batchrun.batchapi import Part, Retry, Tag, limits_for, make_batch_api, split
     from batchrun.providers import make_provider
+    from batchrun.providers.batchapi import Part, Retry, Tag, limits_for, make_batch_api, split
 
     stages: dict[str, list[float]] = {}
 

@@ -1,7 +1,7 @@
 """What the whole-input check costs before a run's first request (issue 15: "seconds for a million rows").
 
-A run reads and checks every row before it sends anything (`batchrun.validate.check_input`). This writes a
-prompt set (the suite's review-like JSONL, and the same rows as OpenAI batch lines and as a messages
+A run reads and checks every row before it sends anything (`batchrun.inputs.validate.check_input`). This
+writes a prompt set (the suite's review-like JSONL, and the same rows as OpenAI batch lines and as a messages
 column), then times, each in its own process (wall time, CPU, peak RSS, reaped with `os.wait4`):
 
 - read: the input read batch by batch, nothing else (the baseline: the least any check can cost);
@@ -28,9 +28,9 @@ from run import machine, measure, write_job, write_prompts  # noqa: E402 (a sibl
 
 STEP = """
 import sys, time
-from batchrun.inputs import PromptSet
-from batchrun.job import load_job
-from batchrun.validate import check_input
+from batchrun.inputs.prompts import PromptSet
+from batchrun.job.schema import load_job
+from batchrun.inputs.validate import check_input
 
 prompts = PromptSet(load_job(sys.argv[1]))
 step = sys.argv[2]

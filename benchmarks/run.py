@@ -5,7 +5,8 @@ writes a prompt set, then runs
 
 - batchrun end to end: `python -m batchrun run JOB --json` (CLI, real files in and out), and
 - where the scenario compares with them, the baselines (`baseline.py`): a bare aiohttp loop sending the
-  same requests (the issue's baseline), and a bare loop over batchrun's own HTTP client (`batchrun.http1`),
+  same requests (the issue's baseline), and a bare loop over batchrun's own HTTP client
+  (`batchrun.net.http1`),
 
 each as its own process, reaped with `os.wait4` for its CPU time and peak RSS. It prints one table:
 

@@ -11,12 +11,12 @@ import httpx
 import polars as pl
 import pytest
 
+from batchrun.engines.live import run_job
 from batchrun.errors import ErrorClass, JobFileError, ProviderError
-from batchrun.job import load_job
+from batchrun.job.schema import load_job
 from batchrun.providers import make_provider
 from batchrun.providers.anthropic import AnthropicProvider, to_messages_body
 from batchrun.records import Request, Usage
-from batchrun.runner import run_job
 from tests.conftest import load_error
 from tests.test_runner_mock import WriteJob
 

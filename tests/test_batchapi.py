@@ -12,7 +12,12 @@ import anyio
 import httpx
 import pytest
 
-from batchrun.batchapi import (
+from batchrun.emulator import DIRECTIVE_400, EmulatorServer
+from batchrun.emulator.batchconfig import BatchConfig
+from batchrun.errors import ErrorClass
+from batchrun.inputs.prompts import encode
+from batchrun.providers import make_provider
+from batchrun.providers.batchapi import (
     BatchAPI,
     BatchInfo,
     LineResult,
@@ -23,11 +28,6 @@ from batchrun.batchapi import (
     make_batch_api,
     split,
 )
-from batchrun.emulator import DIRECTIVE_400, EmulatorServer
-from batchrun.emulator.batchconfig import BatchConfig
-from batchrun.errors import ErrorClass
-from batchrun.inputs import encode
-from batchrun.providers import make_provider
 from batchrun.records import Reply, Request
 
 Start = Callable[..., EmulatorServer]

@@ -14,11 +14,11 @@ import anyio
 import httpx
 import pytest
 
-from batchrun.batchapi import AnthropicBatchAPI, BatchAPI, OpenAIBatchAPI, Part, Retry, Tag
-from batchrun.batchapi.base import jsonl_objects
-from batchrun.batchapi.control import Control
 from batchrun.errors import ErrorClass, ProviderError
 from batchrun.providers import make_provider
+from batchrun.providers.batchapi import AnthropicBatchAPI, BatchAPI, OpenAIBatchAPI, Part, Retry, Tag
+from batchrun.providers.batchapi.base import jsonl_objects
+from batchrun.providers.batchapi.control import Control
 
 KEY = "sk-secret-0123456789"
 OPENAI_BASE = "https://batch.test/v1"
@@ -402,7 +402,7 @@ def test_a_line_only_json_can_read_is_judged_as_live(
 
 def test_an_endless_control_reply_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """A reply past the control cap is a bad response, read no further than the cap."""
-    monkeypatch.setattr("batchrun.batchapi.control.REPLY_BYTES", 1000)
+    monkeypatch.setattr("batchrun.providers.batchapi.control.REPLY_BYTES", 1000)
     endless = Server({("GET", "/v1/batches/batch_1"): lambda r: httpx.Response(200, content=b"[" * 5000)})
     with pytest.raises(ProviderError, match="over 1000 bytes") as info:
         run(endless, "openai", lambda api: api.retrieve("batch_1"))

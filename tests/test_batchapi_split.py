@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from batchrun.batchapi import (
+from batchrun.inputs.prompts import encode
+from batchrun.providers import make_provider
+from batchrun.providers.batchapi import (
     AnthropicBatchAPI,
     FileLimits,
     OpenAIBatchAPI,
@@ -20,9 +22,7 @@ from batchrun.batchapi import (
     split,
     wire_id,
 )
-from batchrun.batchapi.split import MB
-from batchrun.inputs import encode
-from batchrun.providers import make_provider
+from batchrun.providers.batchapi.split import MB
 from batchrun.records import Request
 
 

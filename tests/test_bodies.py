@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from batchrun import bodies
 from batchrun.errors import ProviderError
+from batchrun.net import bodies
 
 CAP = 2**20
 

@@ -12,11 +12,11 @@ import httpx
 import polars as pl
 import pytest
 
-from batchrun.cache import ResponseCache
+from batchrun.engines.live import run_job
 from batchrun.errors import UsageError
-from batchrun.job import load_job
+from batchrun.job.schema import load_job
 from batchrun.records import Request, Result
-from batchrun.runner import run_job
+from batchrun.store.cache import ResponseCache
 
 WriteJob = Callable[..., Path]
 

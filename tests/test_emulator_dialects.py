@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 
 from batchrun.emulator import EmulatorServer
-from batchrun.job import load_job
-from batchrun.runner import run_job
+from batchrun.engines.live import run_job
+from batchrun.job.schema import load_job
 from tests.test_runner_mock import WriteJob
 
 Start = Callable[..., EmulatorServer]

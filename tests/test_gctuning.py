@@ -1,4 +1,4 @@
-"""The collector's tuning during a run (batchrun/gctuning.py): applied inside, restored after."""
+"""The collector's tuning during a run (batchrun/engines/gctuning.py): applied inside, restored after."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from batchrun.gctuning import YOUNG_THRESHOLD, quiet_gc
+from batchrun.engines.gctuning import YOUNG_THRESHOLD, quiet_gc
 
 
 def test_inside_a_run_the_collector_is_tuned_and_after_it_restored() -> None:

@@ -15,11 +15,11 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun import endpoint
+from batchrun.engines.live import run_job
 from batchrun.errors import StopRun
-from batchrun.job import Job, load_job
-from batchrun.runner import run_job
-from batchrun.summary import Summary
+from batchrun.job.schema import Job, load_job
+from batchrun.net import endpoint
+from batchrun.report.summary import Summary
 from tests.hostile import (
     Seen,
     completion,

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from batchrun import http1
 from batchrun.errors import ProviderError
-from batchrun.transport import Timeouts, Transport
+from batchrun.net import http1
+from batchrun.net.transport import Timeouts, Transport
 
 # Raw bytes to answer with, or an action on the connection (which the server closes after it).
 Reply = bytes | Callable[[asyncio.StreamWriter], Awaitable[None] | None]

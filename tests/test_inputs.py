@@ -10,10 +10,10 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun import inputs
 from batchrun.errors import InputError
-from batchrun.inputs import BodyEncoder, PromptSet, Template, encode, estimate_tokens
-from batchrun.job import Job, load_job
+from batchrun.inputs import prompts as inputs
+from batchrun.inputs.prompts import BodyEncoder, PromptSet, Template, encode, estimate_tokens
+from batchrun.job.schema import Job, load_job
 from batchrun.records import Request, Result
 
 WriteJob = Callable[..., Path]

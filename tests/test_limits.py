@@ -10,11 +10,11 @@ import time
 import anyio
 import pytest
 
-from batchrun import adaptive as adaptive_module
-from batchrun.adaptive import RateTrim
 from batchrun.errors import ErrorClass, ProviderError
-from batchrun.limits import Pacer
-from batchrun.pacing import Limiter
+from batchrun.limits import adaptive as adaptive_module
+from batchrun.limits.adaptive import RateTrim
+from batchrun.limits.pacer import Pacer
+from batchrun.limits.pacing import Limiter
 from batchrun.providers.headers import RateInfo, RateLimits
 from batchrun.records import Request, Usage
 

@@ -15,11 +15,11 @@ import polars as pl
 import pytest
 
 from batchrun import cli as cli_module
-from batchrun import estimate as estimate_module
-from batchrun import runlog
-from batchrun import runner as runner_module
 from batchrun.emulator import EmulatorServer
-from batchrun.store import RunStore
+from batchrun.engines import live as runner_module
+from batchrun.money import estimate as estimate_module
+from batchrun.report import runlog
+from batchrun.store.runstore import RunStore
 from tests.conftest import CliResult
 
 WriteJob = Callable[..., Path]

@@ -10,9 +10,9 @@ import httpx
 import polars as pl
 import pytest
 
-from batchrun.job import load_job
-from batchrun.runner import run_job
-from batchrun.structured import as_json, wants_json
+from batchrun.engines.live import run_job
+from batchrun.engines.structured import as_json, wants_json
+from batchrun.job.schema import load_job
 from tests.test_runner_mock import (
     COMPLETION_TOKENS,
     PROMPT_TOKENS,

@@ -12,15 +12,15 @@ import anyio
 import httpx
 import pytest
 
-from batchrun import adaptive as adaptive_module
-from batchrun.adaptive import AdaptiveLimit
-from batchrun.breaker import Breaker
+from batchrun.engines.live import run_job
 from batchrun.errors import ErrorClass, ProviderError, StopRun
-from batchrun.job import load_job
-from batchrun.pacing import Limiter
+from batchrun.job.schema import load_job
+from batchrun.limits import adaptive as adaptive_module
+from batchrun.limits.adaptive import AdaptiveLimit
+from batchrun.limits.breaker import Breaker
+from batchrun.limits.pacing import Limiter
 from batchrun.providers.headers import parse_duration, parse_rate_info, wait_hint
 from batchrun.records import Request, Usage
-from batchrun.runner import run_job
 
 WriteJob = Callable[..., Path]
 OK_BODY = {

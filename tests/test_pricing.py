@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchrun.pricing import builtin_prices, find_price, model_key
+from batchrun.money.pricing import builtin_prices, find_price, model_key
 from batchrun.records import Usage
 
 M = 1e-6  # prices are per 1M tokens

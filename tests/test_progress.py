@@ -12,11 +12,11 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from batchrun import runlog
 from batchrun.emulator import EmulatorServer
-from batchrun.job import load_job
-from batchrun.progress import LiveDisplay, Snapshot, describe, eta_s
-from batchrun.runner import run_job
+from batchrun.engines.live import run_job
+from batchrun.job.schema import load_job
+from batchrun.report import runlog
+from batchrun.report.progress import LiveDisplay, Snapshot, describe, eta_s
 from tests.conftest import CliResult
 
 Cli = Callable[..., CliResult]
@@ -205,7 +205,7 @@ def test_with_a_live_display_log_lines_print_through_it_and_progress_lines_go_to
         with runlog.progress(stderr, stream, quiet=False, interval_s=1.0, live=True) as observers:
             assert [type(o).__name__ for o in observers] == ["LiveDisplay", "LogLines"]
             logging.getLogger("batchrun").warning("provider answering again")
-            logging.getLogger("batchrun.progress").info("progress: 1/2 rows")
+            logging.getLogger("batchrun.report.progress").info("progress: 1/2 rows")
         logging.getLogger("batchrun").info("after the display")
     shown, logged = stream.getvalue(), path.read_text()
     assert "batchrun: provider answering again" in shown

@@ -6,7 +6,7 @@ import logging
 
 from batchrun.records import Reply, Usage
 from batchrun.redact import excerpt, hiding, redact, redact_data, redact_reply, safe_url, secrets_of
-from batchrun.runlog import Redact
+from batchrun.report.runlog import Redact
 
 KEY = "sk-abcdefghijklmnop"
 

@@ -186,7 +186,7 @@ def test_quantiles_that_do_not_fit_the_cap_become_estimates(
     """When exact latency quantiles run out of memory, the summary gives t-digest estimates, never fails."""
     import duckdb
 
-    from batchrun import summary as summary_module
+    from batchrun.report import summary as summary_module
 
     output = tmp_path / "out.parquet"
     latency = [i / 1000 for i in range(1, 1001)]

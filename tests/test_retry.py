@@ -7,7 +7,7 @@ import pytest
 from tenacity import RetryCallState
 
 from batchrun.errors import ErrorClass, ProviderError
-from batchrun.retry import RETRY_AFTER_CAP_S, BackoffWait, classify, retrying
+from batchrun.limits.retry import RETRY_AFTER_CAP_S, BackoffWait, classify, retrying
 
 RETRY, ROW, FATAL = ErrorClass.RETRY, ErrorClass.ROW, ErrorClass.FATAL
 

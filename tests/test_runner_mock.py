@@ -14,13 +14,13 @@ import httpx
 import polars as pl
 import pytest
 
-from batchrun import runner as runner_module
-from batchrun.endpoint import read_key
+from batchrun.engines import live as runner_module
+from batchrun.engines.live import run_job
 from batchrun.errors import StopRun, UsageError
-from batchrun.job import Job, load_job
-from batchrun.retry import RETRY_AFTER_CAP_S
-from batchrun.runner import run_job
-from batchrun.summary import Summary
+from batchrun.job.schema import Job, load_job
+from batchrun.limits.retry import RETRY_AFTER_CAP_S
+from batchrun.net.endpoint import read_key
+from batchrun.report.summary import Summary
 
 WriteJob = Callable[..., Path]
 Outcome = Callable[[httpx.Request, str], httpx.Response]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from batchrun.pricing import PriceBook
+from batchrun.money.pricing import PriceBook
 from batchrun.providers.openai import OpenAIProvider
 from batchrun.records import Usage
 

@@ -8,9 +8,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun import journal, output_writer, store
 from batchrun.records import OUTPUT_COLUMNS, Result
-from batchrun.store import RunStore, result_schema
+from batchrun.store import journal, output_writer
+from batchrun.store import runstore as store
+from batchrun.store.runstore import RunStore, result_schema
 
 
 def _finished(run: RunStore, rows: int) -> list[str]:

@@ -12,12 +12,12 @@ import polars as pl
 import pytest
 
 from batchrun.emulator import STATUS_TRUNCATED, EmulatorServer
+from batchrun.engines.live import run_job
 from batchrun.errors import ErrorClass, ProviderError
-from batchrun.job import load_job
+from batchrun.job.schema import load_job
 from batchrun.providers.openai import OpenAIProvider
 from batchrun.providers.streaming import AnthropicStream, OpenAIStream
 from batchrun.records import Request, Usage
-from batchrun.runner import run_job
 from tests.test_runner_mock import WriteJob
 
 Start = Callable[..., EmulatorServer]

@@ -9,11 +9,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batchrun import sweep
 from batchrun.emulator import EmulatorServer
 from batchrun.errors import JobFileError
-from batchrun.job import load_job
-from batchrun.matrix import combinations, normalize
+from batchrun.job import sweep
+from batchrun.job.matrix import combinations, normalize
+from batchrun.job.schema import load_job
 from batchrun.records import Request
 from tests.conftest import CliResult, load_error
 

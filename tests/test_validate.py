@@ -10,12 +10,12 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun import readers, validate
 from batchrun.emulator import EmulatorServer
 from batchrun.errors import InputError
-from batchrun.inputs import PromptSet
-from batchrun.job import load_job
-from batchrun.validate import check_input
+from batchrun.inputs import readers, validate
+from batchrun.inputs.prompts import PromptSet
+from batchrun.inputs.validate import check_input
+from batchrun.job.schema import load_job
 from tests.conftest import CliResult
 
 WriteJob = Callable[..., Path]

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from batchrun import wire
-from batchrun.job import load_job
+from batchrun.inputs import wire
+from batchrun.job.schema import load_job
 from tests.conftest import load_error
 
 WriteJob = Callable[..., Path]

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from batchrun.errors import ErrorClass, ProviderError
+from batchrun.limits.retry import FATAL_CODES, ROW_CODES, by_message, classify
 from batchrun.providers.base import (
     Auth,
     StreamParser,
@@ -39,7 +40,6 @@ from batchrun.providers.base import (
 from batchrun.providers.headers import wait_hint
 from batchrun.records import Reply, Request, Usage
 from batchrun.redact import excerpt
-from batchrun.retry import FATAL_CODES, ROW_CODES, by_message, classify
 
 API_VERSION = "2023-06-01"
 

@@ -10,9 +10,9 @@ from typing import Any, ClassVar, Literal, Protocol
 import orjson
 
 from batchrun.errors import ProviderError
+from batchrun.limits.retry import bad_response
 from batchrun.records import Reply, Request
 from batchrun.redact import excerpt
-from batchrun.retry import bad_response
 
 MAX_TOKENS = 100_000_000
 """More tokens than any reply can hold (the largest contexts are ~10M): a count past it is not believed."""
@@ -33,7 +33,7 @@ class StreamParser(Protocol):
 class Provider(Protocol):
     """A wire format: how to build a request, read a reply and read an error.
 
-    Adapters hold no connection and do no I/O; `batchrun.transport` sends what they build.
+    Adapters hold no connection and do no I/O; `batchrun.net.transport` sends what they build.
     """
 
     kind: ClassVar[str]

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from batchrun.errors import ProviderError
+from batchrun.limits.retry import classify
 from batchrun.providers.base import (
     Auth,
     StreamParser,
@@ -19,7 +20,6 @@ from batchrun.providers.base import (
 from batchrun.providers.headers import wait_hint
 from batchrun.records import Reply, Request, Usage
 from batchrun.redact import excerpt
-from batchrun.retry import classify
 
 
 class OpenAIProvider:

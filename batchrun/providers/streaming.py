@@ -16,11 +16,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchrun.limits.retry import cut_short
 from batchrun.providers import anthropic, openai
 from batchrun.providers.base import retryable_bad_reply, text_field
 from batchrun.records import Reply
 from batchrun.redact import excerpt
-from batchrun.retry import cut_short
 
 
 def _load(data: str) -> dict[str, Any]:

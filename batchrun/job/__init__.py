@@ -1,0 +1,1 @@
+"""The job file: its schema and `--set` overrides, `${VAR}` expansion, dated paths, sweeps."""

@@ -1,0 +1,1 @@
+"""Prices, the run's budget and estimates."""

@@ -1,0 +1,1 @@
+"""The run folder on disk: the journal, resume, the output's assembly, the response cache."""
