@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["load_job", "run_job"]
 
 if TYPE_CHECKING:
-    from batchrun.engines.live import run_job
+    from batchrun.engines.run import run_job
     from batchrun.job.schema import load_job
 
 
@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return load_job
     if name == "run_job":
-        from batchrun.engines.live import run_job
+        from batchrun.engines.run import run_job
 
         return run_job
     raise AttributeError(f"module 'batchrun' has no attribute {name!r}")

@@ -166,7 +166,7 @@ def _run_one(
     """Run one job with its log file and progress display; exit the process when it stops early."""
     import os
 
-    from batchrun.engines.live import run_job
+    from batchrun.engines.run import run_job
     from batchrun.errors import BatchrunError
     from batchrun.net.endpoint import read_key
     from batchrun.report import runlog

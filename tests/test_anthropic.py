@@ -11,7 +11,7 @@ import httpx
 import polars as pl
 import pytest
 
-from batchrun.engines.live import run_job
+from batchrun.engines.run import run_job
 from batchrun.errors import ErrorClass, JobFileError, ProviderError
 from batchrun.job.schema import load_job
 from batchrun.providers import make_provider

@@ -12,7 +12,7 @@ import httpx
 import polars as pl
 import pytest
 
-from batchrun.engines.live import run_job
+from batchrun.engines.run import run_job
 from batchrun.errors import UsageError
 from batchrun.job.schema import load_job
 from batchrun.records import Request, Result

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from batchrun.emulator import EmulatorServer
-from batchrun.engines.live import run_job
+from batchrun.engines.run import run_job
 from batchrun.job.schema import load_job
 from tests.test_runner_mock import WriteJob
 

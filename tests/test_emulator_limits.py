@@ -12,7 +12,7 @@ import pytest
 
 from batchrun.emulator import EmulatorConfig, EmulatorServer, format_duration
 from batchrun.emulator.ratelimit import RateLimiter
-from batchrun.engines.live import run_job
+from batchrun.engines.run import run_job
 from batchrun.job.schema import load_job
 
 # Go's duration format as OpenAI sends it: `20ms`, `1s`, `1.5s`, `6m0s`, `1h0m0s`.

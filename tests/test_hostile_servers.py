@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun.engines.live import run_job
+from batchrun.engines.run import run_job
 from batchrun.errors import StopRun
 from batchrun.job.schema import Job, load_job
 from batchrun.net import endpoint

@@ -16,7 +16,7 @@ import pytest
 
 from batchrun import cli as cli_module
 from batchrun.emulator import EmulatorServer
-from batchrun.engines import live as runner_module
+from batchrun.engines import run as runner_module
 from batchrun.money import estimate as estimate_module
 from batchrun.report import runlog
 from batchrun.store.runstore import RunStore
@@ -187,7 +187,7 @@ def test_a_bug_in_a_run_exits_4_with_one_line_and_the_traceback_in_the_log(
     async def broken(*args: Any, **kwargs: Any) -> None:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(runner_module.Runner, "run", broken)
+    monkeypatch.setattr(runner_module.Run, "run", broken)
     job = write_job(emulator().base_url)
     result = cli("run", job, "--quiet")
     assert result.exit_code == 4

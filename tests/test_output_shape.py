@@ -10,7 +10,7 @@ import httpx
 import polars as pl
 import pytest
 
-from batchrun.engines.live import run_job
+from batchrun.engines.run import run_job
 from batchrun.engines.structured import as_json, wants_json
 from batchrun.job.schema import load_job
 from tests.test_runner_mock import (

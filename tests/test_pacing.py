@@ -12,7 +12,7 @@ import anyio
 import httpx
 import pytest
 
-from batchrun.engines.live import run_job
+from batchrun.engines.run import run_job
 from batchrun.errors import ErrorClass, ProviderError, StopRun
 from batchrun.job.schema import load_job
 from batchrun.limits import adaptive as adaptive_module

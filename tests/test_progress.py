@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from batchrun.emulator import EmulatorServer
-from batchrun.engines.live import run_job
+from batchrun.engines.run import run_job
 from batchrun.job.schema import load_job
 from batchrun.report import runlog
 from batchrun.report.progress import LiveDisplay, Snapshot, describe, eta_s

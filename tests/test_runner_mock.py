@@ -14,10 +14,11 @@ import httpx
 import polars as pl
 import pytest
 
-from batchrun.engines import live as runner_module
-from batchrun.engines.live import run_job
+from batchrun.engines import run as runner_module
+from batchrun.engines.run import run_job
 from batchrun.errors import StopRun, UsageError
 from batchrun.job.schema import Job, load_job
+from batchrun.limits.pacing import Limiter
 from batchrun.limits.retry import RETRY_AFTER_CAP_S
 from batchrun.net.endpoint import read_key
 from batchrun.report.summary import Summary
@@ -408,13 +409,13 @@ def test_run_wide_pause_after_a_429_is_capped_like_the_retry_wait(
 ) -> None:
     """A 429 with `retry-after: 3600` pauses the whole run no longer than the capped retry wait."""
     pauses: list[float] = []
-    cool_down = runner_module.Limiter.cool_down
+    cool_down = Limiter.cool_down
 
     def recording_cool_down(self: Any, seconds: float) -> None:
         cool_down(self, seconds)
         pauses.append(self._cool_until - time.monotonic())
 
-    monkeypatch.setattr(runner_module.Limiter, "cool_down", recording_cool_down)
+    monkeypatch.setattr(Limiter, "cool_down", recording_cool_down)
     slow_down = status(429, {"error": {"message": "Too many requests"}}, {"retry-after": "3600"})
     endpoint = FakeEndpoint(reviews, {"r0001": [slow_down]})
     job = make_job(write_job, "limits.max_attempts=1")  # one row, one attempt: nothing waits on the pause

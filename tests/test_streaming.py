@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from batchrun.emulator import STATUS_TRUNCATED, EmulatorServer
-from batchrun.engines.live import run_job
+from batchrun.engines.run import run_job
 from batchrun.errors import ErrorClass, ProviderError
 from batchrun.job.schema import load_job
 from batchrun.providers.openai import OpenAIProvider

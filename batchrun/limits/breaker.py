@@ -3,7 +3,7 @@
 After `threshold` server-side failures in a row (5xx, 529, timeouts, dropped connections) with no success
 in between, the breaker opens: requests wait, and one probe at a time goes out, at growing intervals. The
 first success closes it and everyone resumes. The failure that opens it, and any while it is open, do not
-count against their row's attempts (see `Runner._process`), so an outage costs no row its answer. The
+count against their row's attempts (see `LiveEngine._attempt`), so an outage costs no row its answer. The
 default threshold of 5 raises a false alarm (a 1 s pause) about once in three million requests when 5%
 fail at random.
 """
