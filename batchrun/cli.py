@@ -365,6 +365,7 @@ def providers() -> None:
         click.echo(f"{preset.name:<{width}}  {preset.kind:<9} {url}")
         model = f"; model e.g. {preset.example_model}" if preset.example_model else ""
         click.echo(f"{'':<{width}}  key: {key}; {preset.description}{model}")
+        click.echo(f"{'':<{width}}  batch: {preset.batch}")
 
 
 def _share(name: str, what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

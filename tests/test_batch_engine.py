@@ -226,3 +226,29 @@ def test_a_row_twice_goes_once(emulator: Start, write_job: WriteJob, reviews: Pa
     assert summary.ok == 41
     (batch,) = openai_batches(server).values()
     assert batch.job.total == 40
+
+
+def test_ctrl_c_stops_waiting_and_says_the_batches_keep_running(
+    emulator: Start, write_job: WriteJob, reviews: Path
+) -> None:
+    """Ctrl+C while waiting: exit 3 at once, naming the batch still running and how to cancel it."""
+    server = emulator(batch=BatchConfig(in_progress_s=60))
+    job = write_job(server.base_url, BATCH)
+    journal = run_folder(load_job(job).output_path) / "batches.jsonl"
+    command = [sys.executable, "-m", "batchrun", "run", str(job), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while '"submitted"' not in (journal.read_text() if journal.is_file() else ""):
+            assert process.poll() is None
+            assert time.monotonic() < deadline, "the run never recorded its batch"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 3
+    (batch_id,) = openai_batches(server)
+    assert f"40 rows are in batches still running at the provider ({batch_id})" in stderr
+    assert "batchrun cancel" in stderr
+    assert "Traceback" not in stderr
