@@ -5,6 +5,7 @@ Heavy modules (polars, httpx, aiohttp) are imported inside the commands so `batc
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -75,7 +76,17 @@ def _report_bug(exc: BaseException, log_file: Path | None, secret: str | None) -
 
 
 def _job_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """JOB_FILE and the options that change what it runs: --input, --output, --limit, --set."""
+    """JOB_FILE and the options that change what it runs: --input, --output, --limit, --set, --batch.
+
+    `--batch` is a short form of `--set batch.enabled=true`: the command sees it among the overrides.
+    """
+
+    @functools.wraps(command)
+    def with_batch(*args: Any, batch: bool, overrides: tuple[str, ...], **kwargs: Any) -> Any:
+        if batch:
+            overrides = (*overrides, "batch.enabled=true")
+        return command(*args, overrides=overrides, **kwargs)
+
     options = [
         click.argument("job_file", type=click.Path(path_type=Path)),
         click.option(
@@ -95,10 +106,16 @@ def _job_options(command: Callable[..., Any]) -> Callable[..., Any]:
             metavar="SECTION.KEY=VALUE",
             help="Override a job-file key, e.g. --set limits.concurrency=8 (repeatable).",
         ),
+        click.option(
+            "--batch",
+            is_flag=True,
+            help="Through the provider's Batch API, at its batch price (--set batch.enabled=true).",
+        ),
     ]
+    wrapped: Callable[..., Any] = with_batch
     for option in reversed(options):
-        command = option(command)
-    return command
+        wrapped = option(wrapped)
+    return wrapped
 
 
 @main.command()
@@ -305,6 +322,36 @@ def report(output: Path, as_json: bool, html_path: Path | None, failed: int) -> 
 
 
 @main.command()
+@click.argument("job_file", type=click.Path(path_type=Path))
+@click.option(
+    "--output", "output_path", type=click.Path(path_type=Path), help="Output Parquet ([output] path)."
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a job-file key."
+)
+def cancel(job_file: Path, output_path: Path | None, overrides: tuple[str, ...]) -> None:
+    """Cancel JOB_FILE's Batch API batches still running at the provider (stop its run first).
+
+    Their unanswered rows stay pending; the next run sends them again (in new batches, or live).
+    Exit codes: 0 done (or nothing to cancel), 2 bad job file, 3 the provider could not be reached.
+    """
+    from batchrun.engines.batchcancel import cancel_batches
+    from batchrun.errors import BatchrunError
+    from batchrun.job.schema import load_job
+
+    try:
+        job = load_job(job_file, overrides, output_path=output_path)
+        cancelled = cancel_batches(job)
+    except BatchrunError as exc:
+        click.echo(f"batchrun: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    if not cancelled:
+        click.echo(f"no batches of {job.output_path} are running")
+    for info in cancelled:
+        click.echo(f"{info.id}: {info.status}")
+
+
+@main.command()
 def providers() -> None:
     """List the provider presets ([provider] preset = NAME)."""
     from batchrun.providers.presets import PRESETS
@@ -318,6 +365,7 @@ def providers() -> None:
         click.echo(f"{preset.name:<{width}}  {preset.kind:<9} {url}")
         model = f"; model e.g. {preset.example_model}" if preset.example_model else ""
         click.echo(f"{'':<{width}}  key: {key}; {preset.description}{model}")
+        click.echo(f"{'':<{width}}  batch: {preset.batch}")
 
 
 def _share(name: str, what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -78,6 +78,7 @@ class Result:
     cached: bool = False  # answered from the response cache: cost_usd is 0 on this run
     completions: list[str | None] | None = None  # every choice (n > 1); null for a single choice
     json: str | None = None  # the completion as canonical JSON text, when the request asked for JSON
+    batch_id: str | None = None  # the provider's batch that answered the row; null for a live row
     retryable: bool = False  # an error a rerun sends again (rate limits, 5xx); not an output column
     # What `max_cost_usd` counted for the row: its cost, or the worst case where a reply gave no usage (a
     # resumed run's budget starts from it); not an output column.

@@ -42,7 +42,7 @@ def test_output_rows_match_input_rows(
         "custom_id", "status", "completion", "finish_reason", "reasoning", "tool_calls", "prompt_tokens",
         "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens", "cost_usd", "model",
         "response_id", "latency_s", "attempts", "error_type", "error", "http_status", "cached",
-        "completions", "json",
+        "completions", "json", "batch_id",
     ]  # fmt: skip
     assert out.schema["prompt_tokens"] == pl.Int64
     assert out.schema["cost_usd"] == pl.Float64

@@ -11,6 +11,7 @@ parsed, priced and recorded the same way whichever engine answered it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from batchrun.engines.outcomes import Counters
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from batchrun.records import Request, Result
     from batchrun.report.progress import Snapshot
     from batchrun.store.cache import ResponseCache
+    from batchrun.store.runstore import FinishedIds
 
 
 class RunContext:
@@ -41,12 +43,21 @@ class RunContext:
         prices: PriceBook,
         run_dir: Path,
         cache: ResponseCache | None = None,
+        *,
+        base_url: str = "",
+        api_key: str | None = None,
     ) -> None:
         self.job = job
         self.provider = provider
         self.prices = prices
         self.cache = cache
         self.run_dir = run_dir
+        self.base_url = base_url  # the endpoint's base, for engines that call more than chat (Batch APIs)
+        self.api_key = api_key
+        # Set by the run before the engine starts: rows answered by earlier runs, and a way to render
+        # given rows again (an engine that must resend rows it no longer holds, e.g. a batch that expired).
+        self.finished: FinishedIds | None = None
+        self.rerender: Callable[[set[str]], Iterator[Request]] | None = None
         self.counters = Counters()
         self.budget: Budget | None = None
         self.stop_reason: str | None = None
@@ -58,6 +69,11 @@ class RunContext:
         if self.stop_reason is None:
             self.stop_reason = f"{reason}\nWhat finished is saved in {self.run_dir}; rerun to resume."
         self.draining = True
+
+    def explain(self, text: str) -> None:
+        """Add a line to the reason the run stops with (what an engine leaves behind: batches running)."""
+        if self.stop_reason is not None:
+            self.stop_reason = f"{self.stop_reason}\n{text}"
 
     def fail(self, exc: ProviderError) -> None:
         """A fatal error (bad key, unpaid account, unknown model): the run stops, naming what to fix.

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from batchrun.engines.structured import INVALID_JSON, as_json, invalid_json_message
 from batchrun.errors import ErrorClass, ProviderError
-from batchrun.records import Request, Result
+from batchrun.records import Reply, Request, Result
 
 if TYPE_CHECKING:
     from batchrun.money.pricing import PriceBook
@@ -40,16 +40,46 @@ class Tries:
 def ok_result(
     request: Request, answer: Answer, tries: Tries, prices: PriceBook, *, json_mode: bool
 ) -> Result:
-    """The row's answer with its usage and cost (the discarded answers' cost included).
+    """A live answer as the row's result (see `reply_result`), with its latency and every try counted."""
+    return reply_result(
+        request.custom_id,
+        request.body.get("model"),
+        answer.reply,
+        prices,
+        json_mode=json_mode,
+        attempts=tries.made,
+        latency_s=answer.latency_s,
+        discarded_usd=tries.discarded_usd,
+        budget_usd=tries.charged_usd or None,
+    )
 
-    An answer the provider's content filter stopped (`finish_reason = content_filter`) is kept, with its
-    usage and cost, but the row is a `content_filter` error; in JSON mode a completion that does not parse
-    is kept (it was paid for), but the row is an `invalid_json` error. A rerun resends neither.
+
+def reply_result(
+    custom_id: str,
+    model: str | None,
+    reply: Reply,
+    prices: PriceBook,
+    *,
+    json_mode: bool,
+    attempts: int,
+    latency_s: float | None = None,
+    discarded_usd: float = 0.0,
+    budget_usd: float | None = None,
+    discount: float = 1.0,
+    batch_id: str | None = None,
+) -> Result:
+    """The row's answer with its usage and cost, whichever engine got it.
+
+    `model` is the one the request named (its price is the price); `discount` the share of it paid (a
+    Batch API's half price); `discarded_usd` what answers sent again for invalid JSON cost. An answer the
+    provider's content filter stopped (`finish_reason = content_filter`) is kept, with its usage and cost,
+    but the row is a `content_filter` error; in JSON mode a completion that does not parse is kept (it was
+    paid for), but the row is an `invalid_json` error. A rerun resends neither.
     """
-    reply, usage = answer.reply, answer.reply.usage
-    cost = prices.cost(request.body.get("model"), usage)
-    if tries.discarded_usd and cost is not None:
-        cost += tries.discarded_usd
+    usage = reply.usage
+    cost = prices.cost(model, usage)
+    if cost is not None:
+        cost = cost * discount + discarded_usd
     parsed = as_json(reply.completion) if json_mode else None
     error_type, error = None, None
     if reply.finish_reason == CONTENT_FILTER:
@@ -57,7 +87,7 @@ def ok_result(
     elif json_mode and parsed is None:
         error_type, error = INVALID_JSON, invalid_json_message(reply.completion)
     return Result(
-        custom_id=request.custom_id,
+        custom_id=custom_id,
         status="ok" if error_type is None else "error",
         completion=reply.completion,
         finish_reason=reply.finish_reason,
@@ -71,24 +101,26 @@ def ok_result(
         cost_usd=cost,
         model=reply.model,
         response_id=reply.response_id,
-        latency_s=answer.latency_s,
-        attempts=tries.made,
+        latency_s=latency_s,
+        attempts=attempts,
         error_type=error_type,
         error=error,
         http_status=None if error_type is None else 200,
         completions=list(reply.completions) if reply.completions is not None else None,
         json=parsed,
-        budget_usd=tries.charged_usd or None,
+        batch_id=batch_id,
+        budget_usd=budget_usd,
     )
 
 
-def error_result(custom_id: str, exc: ProviderError, tries: Tries) -> Result:
+def error_result(custom_id: str, exc: ProviderError, tries: Tries, *, batch_id: str | None = None) -> Result:
     """The row's failure, classified; its cost is what it paid before failing (discarded answers)."""
     return Result(
         custom_id=custom_id,
         status="error",
         cost_usd=tries.discarded_usd or None,  # so budgets count it
         attempts=tries.made,
+        batch_id=batch_id,
         error_type=exc.error_type,
         error=exc.message,
         http_status=exc.status,

@@ -19,7 +19,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -158,7 +158,7 @@ async def _run_async(
             provider = make_provider(
                 job.provider.kind, base_url, key, job.provider.headers, job.provider.auth
             )
-            context = RunContext(job, provider, prices, store.dir, cache)
+            context = RunContext(job, provider, prices, store.dir, cache, base_url=base_url, api_key=key)
             run = Run(context, prompts, store, observers)
             return await run.run(fresh=fresh, transport=transport)
     except Exception as exc:
@@ -173,7 +173,11 @@ async def _run_async(
 
 
 def make_engine(context: RunContext, transport: httpx.AsyncBaseTransport | None) -> Engine:
-    """The engine the job asks for."""
+    """The engine the job asks for: a provider's Batch API (`[batch] enabled`), or live requests."""
+    if context.job.batch.enabled:
+        from batchrun.engines.batch import BatchEngine
+
+        return BatchEngine(context, transport)
     from batchrun.engines.live import LiveEngine
 
     return LiveEngine(context, transport)
@@ -196,6 +200,7 @@ class Run:
         self.observers = tuple(observers)
         self._started = time.monotonic()
         self._input_saved = (0, 0)  # input batches written to the store, and pieces of the next one
+        context.rerender = self.rerender
 
     async def run(self, *, fresh: bool = False, transport: httpx.AsyncBaseTransport | None = None) -> Summary:
         """Feed, journal, assemble the output; return the summary. Raises `StopRun` on an early stop."""
@@ -207,6 +212,7 @@ class Run:
             if cap is not None:
                 # Earlier runs of this job count against the cap: a crash and a resume must not double it.
                 context.budget = Budget(cap, spent_usd=self.store.spent_usd())
+            context.finished = self.store.finished_ids()
             self.engine = make_engine(context, transport)
             with quiet_gc():
                 await self._feed_engine()
@@ -251,6 +257,14 @@ class Run:
             pieces = self.prompts.render_batch(batch)
             for piece in itertools.islice(pieces, done_pieces if index == done_batches else 0, None):
                 self.store.write_input(piece.frame, piece.part)
+
+    def rerender(self, ids: set[str]) -> Iterator[Request]:
+        """The requests of the rows `ids` names, rendered again from the input (nothing is written)."""
+        for batch in self.prompts.batches():
+            for piece in self.prompts.render_batch(batch):
+                for item in piece.items:
+                    if isinstance(item, Request) and item.custom_id in ids:
+                        yield item
 
     def _left_out(self) -> str | None:
         """A note when the output leaves out answers the journal holds (`--limit` after a larger run)."""

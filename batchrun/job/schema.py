@@ -8,6 +8,7 @@ the working directory. Everything is validated once, here, before a single reque
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from batchrun.inputs import wire
 from batchrun.job import matrix, paths
 from batchrun.job.envvars import check_no_keys, expand_env
 from batchrun.providers import KINDS
+from batchrun.providers.headers import parse_duration
 from batchrun.providers.presets import PRESETS
 
 # Keys whose values are file paths: resolved against the job file's folder or the working directory.
@@ -132,6 +134,41 @@ class PricingSection(_Section):
     input: float | None = Field(default=None, ge=0)
     output: float | None = Field(default=None, ge=0)
     cached_input: float | None = Field(default=None, ge=0)
+    batch_discount: float = Field(default=0.5, gt=0, le=1)  # the share of the price a Batch API charges
+
+
+_WINDOW = re.compile(r"^[1-9][0-9]*h$")
+
+
+class BatchSection(_Section):
+    """`[batch]`: send the rows through the provider's Batch API (half price, answers within a window)."""
+
+    enabled: bool = False
+    completion_window: str = "24h"  # OpenAI takes only "24h"; DashScope "24h" to "336h"
+    poll_interval_s: float = Field(default=60.0, gt=0)  # the first polls come sooner
+    max_requests_per_file: int | None = Field(default=None, ge=1)  # default: the provider's limit
+    max_bytes_per_file: int | None = Field(default=None, ge=1024)  # default: the provider's, less 5%
+    live_after: str | None = None  # e.g. "6h": past it, what batches still hold is cancelled and sent live
+    wait: bool = True  # false: submit, or collect what is ready, then exit 3 with the rows still pending
+
+    @field_validator("completion_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        if not _WINDOW.match(value):
+            raise ValueError(f'must be a number of hours such as "24h", got {value!r}')
+        return value
+
+    @field_validator("live_after")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None and not parse_duration(value):
+            raise ValueError(f'must be a duration such as "6h", "90m" or "1h30m", got {value!r}')
+        return value
+
+    @property
+    def live_after_s(self) -> float | None:
+        """`live_after` in seconds."""
+        return parse_duration(self.live_after) if self.live_after is not None else None
 
 
 def default_cache_dir() -> Path:
@@ -171,6 +208,7 @@ class Job(_Section):
     pricing: PricingSection = PricingSection()
     cache: CacheSection = CacheSection()
     output: OutputSection = OutputSection()
+    batch: BatchSection = BatchSection()
     matrix: dict[str, list[Any]] = Field(default_factory=dict)  # a sweep: see batchrun.job.matrix
     source: Path | None = Field(default=None, exclude=True)
     # The run's start: fills {date} and {datetime}. `--set started=2026-11-22` resumes or backfills that day.

@@ -31,6 +31,10 @@ class Budget:
         self.reserved_usd += amount_usd
         return True
 
+    def hold(self, amount_usd: float) -> None:
+        """Reserve `amount_usd` whatever the cap: what an earlier run committed (its batches in flight)."""
+        self.reserved_usd += amount_usd
+
     def release(self, reserved_usd: float) -> None:
         """Release a reservation (the request is done, or was cancelled)."""
         self.reserved_usd = max(0.0, self.reserved_usd - reserved_usd)

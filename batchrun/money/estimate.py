@@ -30,6 +30,13 @@ class Estimate:
     duration_s: float
     duration_basis: str
     variants: int = 1  # a sweep's combinations: rows counts every input row once per variant
+    batch_discount: float = 0.5  # the share of the price a Batch API charges (`[pricing] batch_discount`)
+    batch: bool = False  # the job runs through a Batch API (`[batch] enabled`)
+
+    @property
+    def batch_cost_usd(self) -> float | None:
+        """The same rows through the provider's Batch API."""
+        return self.cost_usd * self.batch_discount if self.cost_usd is not None else None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -41,6 +48,8 @@ class Estimate:
             "output_tokens": self.output_tokens,
             "output_tokens_is_upper_bound": self.output_bounded,
             "cost_usd": self.cost_usd,
+            "batch_cost_usd": self.batch_cost_usd,
+            "batch": self.batch,
             "price_source": self.price_source,
             "duration_s": round(self.duration_s, 1),
             "duration_basis": self.duration_basis,
@@ -52,12 +61,19 @@ class Estimate:
         bound = "at most" if self.output_bounded else "about"
         if self.cost_usd is None:
             cost = "unknown: no price for this model (set [pricing] input and output)"
+            batch = "unknown"
         else:
             cost = f"{bound} ${self.cost_usd:,.4f}"
             cost += f" ({self.price_source})" if self.price_source else ""
+            share = f"{self.batch_discount:.0%} of the live price"
+            batch = f"{bound} ${self.batch_cost_usd or 0.0:,.4f} ({share})"
         output_note = (
             "max_tokens per row" if self.output_bounded else f"a guess of {DEFAULT_OUTPUT_TOKENS} per row"
         )
+        if self.batch:
+            duration = f"within the Batch API's window ({self.duration_basis})"
+        else:
+            duration = f"about {_duration(self.duration_s)}: {self.duration_basis}"
         reused = f", {self.reused:,} answered by an earlier run" if self.reused else ""
         if self.variants > 1:
             reused += f"; {self.rows // self.variants:,} input rows x {self.variants} variants"
@@ -66,7 +82,8 @@ class Estimate:
             f"input tokens:  about {self.input_tokens:,} (from text length)",
             f"output tokens: {bound} {self.output_tokens:,} ({output_note})",
             f"cost:          {cost}",
-            f"duration:      about {_duration(self.duration_s)}: {self.duration_basis}",
+            f"batch cost:    {batch}" + ("; this job's: [batch] enabled" if self.batch else ""),
+            f"duration:      {duration}",
         ]
 
 
@@ -116,11 +133,17 @@ def estimate_job(job: Job, *, limit: int | None = None, latency_s: float = 2.0) 
         duration_s=duration,
         duration_basis=basis,
         variants=len(prompts.variants) if isinstance(prompts, SweepPromptSet) else 1,
+        batch_discount=job.pricing.batch_discount,
+        batch=job.batch.enabled,
     )
 
 
 def _expected_duration(job: Job, requests: int, tokens: int, latency_s: float) -> tuple[float, str]:
-    """The slowest of: concurrency at the assumed latency, the request rate limit, the token rate limit."""
+    """The slowest of: concurrency at the assumed latency, the request rate limit, the token rate limit;
+    through a Batch API, its completion window."""
+    if job.batch.enabled:
+        window = job.batch.completion_window
+        return float(int(window.rstrip("h")) * 3600), f"completion_window {window}"
     limits = job.limits
     bounds = [
         (

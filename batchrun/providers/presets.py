@@ -20,6 +20,7 @@ class Preset:
     description: str
     example_model: str = ""  # a model the endpoint serves, shown by `batchrun providers`
     api_key_required: bool = True  # local servers (vLLM, Ollama) accept requests without a key
+    batch: str = "no Batch API documented: send live"  # what `[batch] enabled` gets there
 
     def fields(self) -> dict[str, Any]:
         """The `[provider]` keys this preset fills."""
@@ -32,6 +33,7 @@ class Preset:
 
 
 _DASHSCOPE = "Alibaba Cloud Model Studio (DashScope), OpenAI-compatible mode"
+_DASHSCOPE_BATCH = "/batches at 50%, completion_window 24h-336h, 50,000 lines and 500 MB a file"
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -44,6 +46,7 @@ PRESETS: dict[str, Preset] = {
             "batchrun's built-in emulator (no key, no network)",
             "qwen3-max",
             api_key_required=False,
+            batch="both Batch APIs, emulated: a batch takes about a second",
         ),
         Preset(
             "maxtoken", "openai", "https://api.maxtoken.io/v1", "MAXTOKEN_API_KEY", "maxtoken", "qwen3-max"
@@ -59,6 +62,7 @@ PRESETS: dict[str, Preset] = {
             "DASHSCOPE_API_KEY",
             f"{_DASHSCOPE}, Singapore",
             "qwen3-max",
+            batch=f"{_DASHSCOPE_BATCH}; models qwen-max, qwen-plus, qwen-flash, qwen-turbo (not qwen3-max)",
         ),
         Preset(
             "dashscope-cn",
@@ -67,6 +71,7 @@ PRESETS: dict[str, Preset] = {
             "DASHSCOPE_API_KEY",
             f"{_DASHSCOPE}, Beijing",
             "qwen3-max",
+            batch=f"{_DASHSCOPE_BATCH}; models qwen3-max, qwen-max, qwen-plus, qwen-flash, qwen-turbo",
         ),
         Preset(
             "dashscope-us",
@@ -75,6 +80,7 @@ PRESETS: dict[str, Preset] = {
             "DASHSCOPE_API_KEY",
             f"{_DASHSCOPE}, US",
             "qwen3-max",
+            batch=f"{_DASHSCOPE_BATCH}; which models this region batches is not documented: try one",
         ),
         Preset(
             "qwen-cloud-anthropic",
@@ -91,8 +97,17 @@ PRESETS: dict[str, Preset] = {
             "ANTHROPIC_API_KEY",
             "Anthropic",
             "claude-sonnet-4-5",
+            batch="Message Batches at 50%, 100,000 requests or 256 MB a batch, results within 24 h",
         ),
-        Preset("openai", "openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "OpenAI", "gpt-4o-mini"),
+        Preset(
+            "openai",
+            "openai",
+            "https://api.openai.com/v1",
+            "OPENAI_API_KEY",
+            "OpenAI",
+            "gpt-4o-mini",
+            batch="/batches at 50%, completion_window 24h, 50,000 lines and 200 MB a file",
+        ),
         Preset(
             "vllm",
             "openai",

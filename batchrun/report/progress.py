@@ -52,6 +52,7 @@ class Snapshot:
     header_pace_per_s: float | None = None  # the pace rate-limit headers asked for, while it holds
     waiting: int = 0  # requests held by the limiter: a slot, a pace or a cooldown (not in flight)
     binding: str | None = None  # what holds them (see `batchrun.limits.pacing.Limiter.binding`)
+    batches: tuple[str, ...] = ()  # a line per Batch API batch in flight, and when the next poll is
     down_s: float | None = None  # how long the provider has failed every request (the breaker is open)
     stopping: bool = False  # an interrupt or the budget: no new requests
 
@@ -115,6 +116,7 @@ def describe(snap: Snapshot, total: int | None, rate: float) -> list[str]:
         parts.append("errors " + ", ".join(f"{k} {v:,}" for k, v in sorted(snap.errors.items())))
     if snap.stopping:
         parts.append("stopping")
+    parts.extend(snap.batches)
     return parts
 
 
@@ -193,6 +195,7 @@ class LiveDisplay:
             lines.append(Text(phrases[7], style="red"))
         if snap.stopping:
             lines.append(Text("stopping: no new requests, waiting for those in flight", style="bold red"))
+        lines.extend(Text(line, style="cyan") for line in snap.batches)
         return Group(*lines)
 
 

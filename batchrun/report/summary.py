@@ -112,6 +112,7 @@ class Summary:
     by_variant: tuple[Group, ...] = ()  # a sweep's variants in output order; () without a `variant` column
     job: str | None = None
     note: str | None = None  # what a user should know about the output (rows it leaves out)
+    batches: tuple[tuple[str, int], ...] = ()  # (batch id, rows it answered) of a Batch API run
 
     @property
     def exit_code(self) -> int:
@@ -154,6 +155,7 @@ class Summary:
             # Only for a sweep, as `batchrun.compare` had it: scripts test for the key.
             **({"variants": [g.as_dict("variant") for g in self.by_variant]} if self.by_variant else {}),
             **({"note": self.note} if self.note else {}),
+            **({"batches": [{"id": i, "rows": n} for i, n in self.batches]} if self.batches else {}),
         }
 
     def lines(self) -> list[str]:
@@ -188,6 +190,10 @@ class Summary:
             )
         if self.by_variant:
             lines += variant_table(self.by_variant)
+        if self.batches:
+            shown = "; ".join(f"{batch_id} ({rows:,} rows)" for batch_id, rows in self.batches[:5])
+            more = f"; and {len(self.batches) - 5} more" if len(self.batches) > 5 else ""
+            lines.append(f"batches: {shown}{more}")
         if self.note:
             lines.append(f"note:    {self.note}")
         return lines
@@ -239,11 +245,13 @@ def summarize(
     try:
         with duck.connect(SUMMARY_MEMORY_MB) as db:
             totals, errors, by_model, by_variant = _aggregate(db, output, "quantile_cont")
+            batches = _batches(db, output)
     except duckdb.OutOfMemoryException:
         # Exact quantiles hold every latency (8 bytes an answer): past ~25 million answers they would not
         # fit the cap. The t-digest's estimates (within about 1%) take a few MB whatever the count.
         with duck.connect(SUMMARY_MEMORY_MB) as db:
             totals, errors, by_model, by_variant = _aggregate(db, output, "approx_quantile")
+            batches = _batches(db, output)
     rows, ok_rows, failed = int(totals["rows"]), int(totals["ok"] or 0), int(totals["failed"] or 0)
     return Summary(
         output=output,
@@ -265,7 +273,22 @@ def summarize(
         by_variant=_groups(by_variant),
         job=job,
         note=note,
+        batches=batches,
     )
+
+
+def _batches(db: duckdb.DuckDBPyConnection, output: Path) -> tuple[tuple[str, int], ...]:
+    """The Batch API batches that answered rows of the output, with how many each, by id."""
+    from batchrun.store import duck
+
+    source = f"read_parquet('{duck.text(output)}', hive_partitioning = false)"
+    names = {row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    if "batch_id" not in names:
+        return ()
+    rows = db.execute(
+        f"SELECT batch_id, count(*) FROM {source} WHERE batch_id IS NOT NULL GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    return tuple((str(batch_id), int(count)) for batch_id, count in rows)
 
 
 def _aggregate(
