@@ -358,8 +358,10 @@ class BatchEngine:
             by_id = {row.custom_id: row for row in rows}
 
             def read() -> None:  # in a worker thread: parsing 50,000 replies takes a while
-                for line in api.read(paths, list(by_id)):
+                for number, line in enumerate(api.read(paths, list(by_id)), 1):
                     collector.line(by_id[line.custom_id], line)
+                    if number % CHUNK == 0:  # to the writer as they are read: memory holds a chunk
+                        anyio.from_thread.run(self._send_all, collector.outcome.results)
 
             await anyio.to_thread.run_sync(read)
             for path in paths:
@@ -369,8 +371,7 @@ class BatchEngine:
     async def _deliver(self, collector: Collector, record: PartRecord) -> None:
         """Hand a batch's rows to the writer, settle its budget, queue what goes again."""
         outcome = collector.outcome
-        for result in outcome.results:
-            await self._send(result)
+        await self._send_all(outcome.results)
         self.resend.update(outcome.resend)
         self.context.settle(record.reserved_usd, outcome.charged_usd)
         self.live.pop(record.index, None)
@@ -390,6 +391,12 @@ class BatchEngine:
     async def _send(self, result: Result) -> None:
         assert self._results is not None
         await send(self._results, result)
+
+    async def _send_all(self, results: list[Result]) -> None:
+        """Send `results` to the writer and empty the list."""
+        for result in results:
+            await self._send(result)
+        results.clear()
 
     def _unanswered(self, rows: list[Row]) -> list[Row]:
         """The rows whose answer no earlier run journaled (a batch collected again after a kill)."""
