@@ -58,6 +58,7 @@ from batchrun.redact import hiding, redact_data, secrets_of
 from batchrun.report import runlog
 from batchrun.report.progress import Observer, Snapshot, watch
 from batchrun.report.summary import Summary, failure_summary, summarize, summary_path, write_summary_json
+from batchrun.report.timeline import Timeline
 from batchrun.store.cache import ResponseCache
 from batchrun.store.runstore import FinishedIds, RunStore, run_lock
 
@@ -299,6 +300,7 @@ class Runner:
             completion_tokens=counters.completion_tokens,
             cost_usd=counters.cost_usd,
             errors=dict(counters.errors),
+            retries=dict(counters.retries),
             cooldown_s=limiter.cooldown_left_s,
             concurrency=adaptive.concurrency if adaptive is not None else None,
             max_concurrency=self.job.limits.concurrency,
@@ -319,9 +321,9 @@ class Runner:
         async with transport, anyio.create_task_group() as tg:
             tg.start_soon(self._writer, results_rx)
             signal_scope = await tg.start(self._watch_signals)
-            progress_scope = anyio.CancelScope()
-            if self.observers:
-                progress_scope = await tg.start(watch, self.snapshot, self.prompts.count_rows, self.observers)
+            # The run's counters, a line a second, go to the run folder for the report's "run over time".
+            observers = (*self.observers, Timeline(self.store.dir))
+            progress_scope = await tg.start(watch, self.snapshot, self.prompts.count_rows, observers)
             async with results_tx, anyio.create_task_group() as send_group:
                 self._send_scope = send_group.cancel_scope
                 send_group.start_soon(self._producer, requests_tx, results_tx.clone())
@@ -507,6 +509,7 @@ class Runner:
             answer = await sender.attempt(request)
         except ProviderError as failed:
             exc = self._judge(failed, tries)
+            self.counters.attempt_failed(exc)
             self.limiter.on_failure(ticket, exc, self.job.limits.backoff_base_s)
             if self.limiter.breaker.is_open:
                 tries.counted -= 1  # the provider is down: not this row's fault, nor its budget

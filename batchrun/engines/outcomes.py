@@ -108,9 +108,15 @@ class Counters:
     reused: int = 0
     cached: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)  # failed attempts worth another try, by type
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+
+    def attempt_failed(self, exc: ProviderError) -> None:
+        """Count one failed attempt when it is worth another try (a 429, a 5xx, a timeout...), by type."""
+        if exc.retryable:
+            self.retries[exc.error_type] = self.retries.get(exc.error_type, 0) + 1
 
     def add(self, result: Result) -> None:
         """Count one finished row."""
