@@ -38,19 +38,17 @@ from batchrun.errors import (
     ErrorClass,
     ProviderError,
     StopRun,
-    UsageError,
     user_error,
 )
+from batchrun.inputs.preflight import preflight
 from batchrun.inputs.prompts import PromptSet, Slice
-from batchrun.inputs.validate import check_input
 from batchrun.job.schema import Job
-from batchrun.job.sweep import prompt_set, request_models
 from batchrun.limits.pacing import Limiter
 from batchrun.limits.retry import BAD_RESPONSE_TRIES, BackoffWait, final, retrying
 from batchrun.money.budget import Budget, worst_case_usd
 from batchrun.money.pricing import PriceBook
 from batchrun.net.bodies import MIB
-from batchrun.net.endpoint import Contact, api_key, cache_scope, fatal_message, open_endpoint, read_key
+from batchrun.net.endpoint import Contact, cache_scope, fatal_message, open_endpoint, read_key
 from batchrun.net.transport import Answer, Sender, Timeouts, make_transport
 from batchrun.providers import Provider, make_provider
 from batchrun.records import Request, Result
@@ -136,28 +134,9 @@ async def _run_async(
     transport: httpx.AsyncBaseTransport | None,
     observers: tuple[Observer, ...],
 ) -> Summary:
-    prompts = prompt_set(job, limit=limit)
-    key = api_key(job)
-    if key is not None and not key.isascii():
-        # httpx refused it with a traceback; the key itself is never shown, only where to look.
-        at = next(i for i, c in enumerate(key) if not c.isascii()) + 1
-        raise UsageError(
-            f"{job.source}: the key in {job.provider.api_key_env} holds a character that is not ASCII (its "
-            f"character {at}; a pasted ellipsis or quote?), which no HTTP header can carry: set it again"
-        )
-    prices = PriceBook(
-        input=job.pricing.input, output=job.pricing.output, cached_input=job.pricing.cached_input
-    )
-    if job.limits.max_cost_usd is not None:
-        for model in request_models(job):  # a sweep's every model needs its price
-            if prices.price(model) is None:
-                raise UsageError(
-                    f"{job.source}: [limits] max_cost_usd needs a price, and none is known for model "
-                    f"{model!r}: set [pricing] input and output"
-                )
-    report = check_input(prompts)  # every row, before the first request: a bad one stops the job here
+    checked = preflight(job, limit=limit)  # the job, key, prices and every input row: exit 2 on a problem
+    prompts, key, prices, report = checked.prompts, checked.key, checked.prices, checked.input
     runlog.file_only.info("input checked: %d rows, %d bad, %.1f s", report.rows, report.bad, report.seconds)
-    report.enforce()
     cache = None
     if job.cache.enabled:
         cache = ResponseCache(job.cache.path, kind=job.provider.kind, base_url=cache_scope(job))
@@ -509,11 +488,11 @@ class Runner:
             answer = await sender.attempt(request)
         except ProviderError as failed:
             exc = self._judge(failed, tries)
-            self.counters.attempt_failed(exc)
             self.limiter.on_failure(ticket, exc, self.job.limits.backoff_base_s)
             if self.limiter.breaker.is_open:
                 tries.counted -= 1  # the provider is down: not this row's fault, nor its budget
                 self.limiter.breaker.check_outage(self.job.limits.max_outage_s)
+            self.counters.attempt_failed(exc, retried=tries.counted < self.job.limits.max_attempts)
             raise exc from None
         except BaseException:
             self.limiter.abandon(ticket)

@@ -45,7 +45,7 @@ class Snapshot:
     completion_tokens: int
     cost_usd: float
     errors: dict[str, int] = field(default_factory=dict)
-    # Attempts that failed with an error worth another try (429s, 5xx, timeouts...), by error type.
+    # Attempts that failed and are tried again (429s, 5xx, timeouts...), by error type.
     retries: dict[str, int] = field(default_factory=dict)
     cooldown_s: float = 0.0  # seconds left of a cooldown after a 429
     concurrency: int | None = None  # the adaptive window, when the limit is being discovered
