@@ -71,7 +71,7 @@ def test_summary_json_is_written_beside_the_output_and_matches_it(
     assert "variants" not in summary  # no sweep, no variant column
     assert summary["ended_at"] >= summary["started_at"]
     printed = json.loads(result.stdout)
-    assert printed == {k: v for k, v in summary.items() if k not in ("started_at", "ended_at")}
+    assert printed == {k: v for k, v in summary.items() if k not in ("started_at", "ended_at", "id_column")}
     assert not list(output.parent.glob(".*.tmp"))  # written through a temporary file, renamed
 
 
@@ -286,7 +286,8 @@ def test_the_run_over_time_is_the_last_runs_with_its_requests_and_retries(
         == timeline.retried["rate_limited"]
     )
     assert sum(rows for _, kind, rows, _ in timeline.results if kind == "ok") == 30
-    assert timeline.bucket_s == 1
+    assert timeline.bucket_s == 0.1  # a run of a few seconds, in tenths of a second
+    assert timeline.attempts_bucket_s == 1.0  # the timeline has a line a second
 
 
 def test_a_sweep_page_sets_the_variants_answers_side_by_side_and_counts_json_values(

@@ -120,6 +120,7 @@ def _loop_options() -> dict[str, Any]:
 
 
 def _write_summary(job: Job, data: dict[str, Any]) -> None:
+    data = data | {"id_column": job.input.id_column}  # the report names failed rows by it
     path = summary_path(job.output_path)
     try:
         write_summary_json(path, redact_data(data))

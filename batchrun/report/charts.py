@@ -64,9 +64,12 @@ def over_time(timeline: OverTime) -> dict[str, Any]:
     span = (timeline.end - timeline.start) / per
     x = alt.X("from:Q", title=x_title, scale=alt.Scale(domain=[0, _round_up(span)], nice=False))
 
-    def bucket(b: int) -> tuple[float, float]:
+    def bucket(b: int, size: float = timeline.bucket_s) -> tuple[float, float]:
         """A bucket's bar: its span, less a tenth as a gap between bars."""
-        return (b + 0.05) * timeline.bucket_s / per, (b + 0.95) * timeline.bucket_s / per
+        return (b + 0.05) * size / per, (b + 0.95) * size / per
+
+    def step(b: int) -> tuple[float, float]:
+        return bucket(b, timeline.attempts_bucket_s)
 
     results = [
         {"from": bucket(b)[0], "to": bucket(b)[1], "kind": kind, "rows": rows}
@@ -90,14 +93,14 @@ def over_time(timeline: OverTime) -> dict[str, Any]:
         .properties(width=WIDTH, height=120)
     ]
     if timeline.sent:
-        sent = [{"from": bucket(b)[0], "to": bucket(b)[1], "sent": n} for b, n in timeline.sent]
+        sent = [{"from": step(b)[0], "to": step(b)[1], "sent": n} for b, n in timeline.sent]
         retries = [
-            {"from": bucket(b)[0], "to": bucket(b)[1], "kind": kind, "attempts": n}
+            {"from": step(b)[0], "to": step(b)[1], "kind": kind, "attempts": n}
             for b, kind, n in timeline.retries
         ]
         requests = (
             alt.Chart(_data(sent))
-            .mark_bar(color="#a5d8ff", orient="vertical")
+            .mark_bar(color="#a5d8ff", orient="vertical", clip=True)
             .encode(
                 x=x,
                 x2="to:Q",
@@ -113,7 +116,7 @@ def over_time(timeline: OverTime) -> dict[str, Any]:
             kinds = sorted({str(r["kind"]) for r in retries})
             layers.append(
                 alt.Chart(_data(retries))
-                .mark_bar(orient="vertical")
+                .mark_bar(orient="vertical", clip=True)
                 .encode(
                     x=x,
                     x2="to:Q",
@@ -126,7 +129,8 @@ def over_time(timeline: OverTime) -> dict[str, Any]:
                     ],
                 )
             )
-        title = f"Requests sent (light) and failed attempts by type (retried), per {every}"
+        step_name = _duration(timeline.attempts_bucket_s)
+        title = f"Requests sent (light) and failed attempts by type (retried), per {step_name}"
         panels.append(alt.layer(*layers, title=title).properties(width=WIDTH, height=120))
     cost = _cumulative_cost(timeline, per)
     if cost:
@@ -414,12 +418,15 @@ def _time_unit(span_s: float) -> tuple[str, float]:
     return "hours", 3600.0
 
 
-def _duration(seconds: int) -> str:
-    if seconds % 3600 == 0:
-        return "hour" if seconds == 3600 else f"{seconds // 3600} hours"
-    if seconds % 60 == 0:
-        return "minute" if seconds == 60 else f"{seconds // 60} minutes"
-    return "second" if seconds == 1 else f"{seconds} seconds"
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds:g} s"
+    whole = round(seconds)
+    if whole % 3600 == 0:
+        return "hour" if whole == 3600 else f"{whole // 3600} hours"
+    if whole % 60 == 0:
+        return "minute" if whole == 60 else f"{whole // 60} minutes"
+    return "second" if whole == 1 else f"{whole} seconds"
 
 
 def _round_up(value: float) -> float:

@@ -1,4 +1,4 @@
-"""The run over time: results per second or minute from the journal, requests and retries from the timeline.
+"""The run over time: results per bucket of time from the journal, requests and retries from the timeline.
 
 The journal gives each result's time (`finished_at`), so rows answered, failed and their cost per bucket
 come from it, whatever engine made them. Requests sent and failed attempts by type (429s, 5xx, timeouts)
@@ -31,16 +31,39 @@ MEMORY_MB = 128
 MAX_BUCKETS = 240  # bars across the chart at most
 FAR_FUTURE = 1e15  # UNIX seconds past any result
 MAX_RUNS = 100  # runs told apart in a journal; results of older ones count as earlier
-BUCKETS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
+BUCKETS_S = (
+    0.1,
+    0.2,
+    0.5,
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    21600,
+    43200,
+    86400,
+)
+TICKS_PER_S = 10  # results are counted per tenth of a second, then per bucket
 
 
 @dataclass(frozen=True, slots=True)
 class OverTime:
-    """One run's results and attempts per bucket of `bucket_s` seconds from `start` (UNIX seconds)."""
+    """One run's results per bucket of `bucket_s` seconds from `start` (UNIX seconds), and its attempts per
+    bucket of `attempts_bucket_s` (at least a second: the timeline's step)."""
 
     start: float
     end: float
-    bucket_s: int
+    bucket_s: float
     results: tuple[tuple[int, str, int, float], ...]  # (bucket, ok | failed | failed, to retry, rows, cost)
     sent: tuple[tuple[int, int], ...]  # (bucket, requests sent); () without a timeline
     retries: tuple[tuple[int, str, int], ...]  # (bucket, error type, failed attempts)
@@ -48,6 +71,7 @@ class OverTime:
     requests: int | None  # requests the run sent, from its timeline
     retried: dict[str, int]  # failed attempts by type over the run, from its timeline
     runs: int  # runs found in the journal's timeline
+    attempts_bucket_s: float = 1.0
 
     @property
     def wall_s(self) -> float:
@@ -77,42 +101,40 @@ def over_time(output: Path) -> tuple[OverTime | None, str | None]:
         import pyarrow as pa
 
         db.register("lines", pa.RecordBatchReader.from_batches(schema, batches))
-        # Per run and second first: a small table, from one read of the journal.
+        # Per run and tenth of a second first: a small table, from one read of the journal.
         db.execute(
-            f"CREATE TABLE per_second AS SELECT {run} AS run, floor(finished_at) AS second, "
+            f"CREATE TABLE ticks AS SELECT {run} AS run, floor(finished_at * {TICKS_PER_S}) AS tick, "
             "CASE WHEN status = 'ok' THEN 'ok' WHEN retryable THEN 'failed, to retry' ELSE 'failed' END "
-            "AS kind, count(*) AS n, coalesce(sum(cost_usd), 0) AS cost FROM lines "
-            "WHERE finished_at IS NOT NULL GROUP BY ALL"
+            "AS kind, count(*) AS n, coalesce(sum(cost_usd), 0) AS cost, min(finished_at) AS first_at, "
+            "max(finished_at) AS last_at FROM lines WHERE finished_at IS NOT NULL GROUP BY ALL"
         )
         db.unregister("lines")
-        found = db.execute("SELECT max(run), min(second), max(second) FROM per_second").fetchall()[0]
-        if found[0] is None:
+        (found,) = db.execute("SELECT max(run) FROM ticks").fetchall()[0]
+        if found is None:
             return None, "the journal has no result times (it was written by an older batchrun)"
-        last_run = int(found[0])  # the last run that journaled a result
+        last_run = int(found)  # the last run that journaled a result
+        first, last = db.execute(
+            f"SELECT min(first_at), max(last_at) FROM ticks WHERE run = {last_run}"
+        ).fetchall()[0]
+        start, end = float(first), float(last)
         if last_run > 0:
             start = starts[last_run - 1]
             until = starts[last_run] if last_run < len(starts) else FAR_FUTURE
-            (last,) = db.execute(f"SELECT max(second) + 1 FROM per_second WHERE run = {last_run}").fetchall()[
-                0
-            ]
-            end = min(until, max(float(last), last_t or 0.0))
-        else:
-            start, end = float(found[1]), float(found[2]) + 1
-        origin = math.floor(start)  # buckets start on a whole second
+            end = min(until, max(end, last_t or 0.0))
+        origin = math.floor(start * TICKS_PER_S) / TICKS_PER_S
         bucket = bucket_for(end - origin)
         results = db.execute(
-            f"SELECT CAST(floor((second - {origin}) / {bucket}) AS BIGINT) AS b, kind, sum(n), sum(cost) "
-            f"FROM per_second WHERE run = {last_run} GROUP BY ALL ORDER BY b"
+            f"SELECT CAST(floor((tick / {TICKS_PER_S} - {origin!r}) / {bucket!r} + 1e-9) AS BIGINT) AS b, "
+            f"kind, sum(n), sum(cost) FROM ticks WHERE run = {last_run} GROUP BY ALL ORDER BY b"
         ).fetchall()
-        (earlier,) = db.execute(
-            f"SELECT coalesce(sum(n), 0) FROM per_second WHERE run < {last_run}"
-        ).fetchall()[0]
+        (earlier,) = db.execute(f"SELECT coalesce(sum(n), 0) FROM ticks WHERE run < {last_run}").fetchall()[0]
         sent: list[tuple[int, int]] = []
         retries: list[tuple[int, str, int]] = []
         requests: int | None = None
         retried: dict[str, int] = {}
+        step = max(bucket, INTERVAL_S)  # the timeline has a line a second at most
         if last_run > 0:
-            sent, retries, requests, retried = _attempts(db, timeline_path(folder), start, end, bucket)
+            sent, retries, requests, retried = _attempts(db, timeline_path(folder), origin, end, step)
     return (
         OverTime(
             start=origin,
@@ -125,17 +147,19 @@ def over_time(output: Path) -> tuple[OverTime | None, str | None]:
             requests=requests,
             retried=retried,
             runs=max(len(starts), 1),
+            attempts_bucket_s=step,
         ),
         None,
     )
 
 
-def bucket_for(span_s: float) -> int:
-    """The shortest round bucket that keeps `span_s` within `MAX_BUCKETS` bars."""
+def bucket_for(span_s: float) -> float:
+    """The shortest round bucket that keeps `span_s` within `MAX_BUCKETS` bars (and at least ten of a
+    second's run in a tenth of a second each)."""
     for size in BUCKETS_S:
         if span_s / size <= MAX_BUCKETS:
-            return size
-    return math.ceil(span_s / MAX_BUCKETS)
+            return float(size)
+    return float(math.ceil(span_s / MAX_BUCKETS))
 
 
 def _starts(path: Path) -> tuple[list[float], float | None]:
@@ -162,7 +186,7 @@ def _starts(path: Path) -> tuple[list[float], float | None]:
 
 
 def _attempts(
-    db: duckdb.DuckDBPyConnection, path: Path, start: float, end: float, bucket: int
+    db: duckdb.DuckDBPyConnection, path: Path, start: float, end: float, bucket: float
 ) -> tuple[list[tuple[int, int]], list[tuple[int, str, int]], int | None, dict[str, int]]:
     """Requests sent and failed attempts by type per bucket of one run, from its timeline's running counts."""
     from batchrun.store import duck
@@ -172,9 +196,9 @@ def _attempts(
         "columns = {t: 'DOUBLE', sent: 'BIGINT', retries: 'JSON'})"
     )
     # A line's counts grew over the second before it: they go to the bucket of that second's middle.
-    middle = f"t - {INTERVAL_S / 2} - {math.floor(start)}"
+    middle = f"t - {INTERVAL_S / 2} - {start!r}"
     db.execute(
-        f"CREATE TABLE counts AS SELECT CAST(greatest(floor(({middle}) / {bucket}), 0) AS BIGINT) AS b, t, "
+        f"CREATE TABLE counts AS SELECT CAST(greatest(floor(({middle}) / {bucket!r}), 0) AS BIGINT) AS b, t, "
         f"sent, retries FROM {source} WHERE t IS NOT NULL AND t >= {start!r} AND t <= {end!r}"
     )
     sent = db.execute(
