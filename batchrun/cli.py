@@ -256,6 +256,9 @@ def _version() -> str:
     help="Assumed seconds per request, for the duration.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+@click.option(
+    "--fresh", is_flag=True, help="Count every row, as `run --fresh` would send them (ignore the journal)."
+)
 def estimate(
     job_file: Path,
     input_path: Path | None,
@@ -264,10 +267,12 @@ def estimate(
     overrides: tuple[str, ...],
     latency_s: float,
     as_json: bool,
+    fresh: bool,
 ) -> None:
     """Estimate JOB_FILE's rows, tokens, cost and duration without sending anything.
 
-    Rows answered by an earlier run of the same job (its journal) are left out, as `run` would.
+    Rows answered by an earlier run of the same job (its journal) are left out, as `run` would; with
+    --fresh they are counted, as `run --fresh` would send them again.
     """
     from batchrun.errors import BatchrunError
     from batchrun.job.schema import load_job
@@ -275,7 +280,7 @@ def estimate(
 
     try:
         job = load_job(job_file, overrides, input_path=input_path, output_path=output_path)
-        result = estimate_job(job, limit=limit, latency_s=latency_s)
+        result = estimate_job(job, limit=limit, latency_s=latency_s, fresh=fresh)
     except BatchrunError as exc:
         click.echo(f"batchrun: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -283,6 +288,86 @@ def estimate(
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:
         click.echo("\n".join(result.lines()))
+
+
+@main.command()
+@_job_options
+@click.option(
+    "--show", default=3, show_default=True, type=click.IntRange(min=0), help="How many requests to print."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the findings and requests as JSON.")
+def validate(
+    job_file: Path,
+    input_path: Path | None,
+    output_path: Path | None,
+    limit: int | None,
+    overrides: tuple[str, ...],
+    show: int,
+    as_json: bool,
+) -> None:
+    """Check JOB_FILE as a run does before sending, and print its first requests as they would be sent.
+
+    The job file, the API key's variable, prices for a budget, and every input row read and rendered;
+    nothing is sent, nothing written. Keys and credentials print as ***.
+
+    Exit codes: 0 a run would start, 2 it would not (the message says what to fix).
+    """
+    from batchrun.errors import BatchrunError
+    from batchrun.job.schema import load_job
+    from batchrun.report.preview import preview
+
+    log = logging.getLogger("batchrun")
+    with _warnings_to_stderr():
+        try:
+            job = load_job(job_file, overrides, input_path=input_path, output_path=output_path)
+            found = preview(job, limit=limit, show=show)
+        except BatchrunError as exc:
+            log.error("%s", exc)
+            sys.exit(exc.exit_code)
+    click.echo(
+        json.dumps(found.as_dict(), indent=2, ensure_ascii=False) if as_json else "\n".join(found.lines())
+    )
+
+
+@main.command()
+@_job_options
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(
+    job_file: Path,
+    input_path: Path | None,
+    output_path: Path | None,
+    limit: int | None,
+    overrides: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Show where JOB_FILE's output stands: rows ok, failed and pending, the last run, a run going.
+
+    Read from the run folder beside the output, without changing it: safe while a run goes, and after a
+    kill. A sweep split by {variant} shows each variant's output.
+    """
+    from batchrun.errors import BatchrunError
+    from batchrun.job.schema import load_job
+    from batchrun.job.sweep import split
+    from batchrun.report.status import job_status
+
+    try:
+        job = load_job(job_file, overrides, input_path=input_path, output_path=output_path)
+        found = [job_status(one, limit=limit) for one in split(job)]
+    except BatchrunError as exc:
+        click.echo(f"batchrun: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    if as_json:
+        data = [f.as_dict() for f in found]
+        click.echo(json.dumps(data if len(data) > 1 else data[0], indent=2))
+    else:
+        click.echo("\n\n".join("\n".join(f.lines()) for f in found))
+
+
+def _warnings_to_stderr() -> Any:
+    """`batchrun:` warnings and errors on stderr while a command runs (bad rows a job lets through)."""
+    from batchrun.report import runlog
+
+    return runlog.stderr_logging(sys.stderr, quiet=True)
 
 
 @main.command()
@@ -309,9 +394,10 @@ def report(output: Path, as_json: bool, html_path: Path | None, failed: int) -> 
         sys.exit(exc.exit_code)
     if html_path is not None:
         from batchrun.report.html import write_html
+        from batchrun.report.pagedata import gather
 
         try:
-            write_html(result, html_path)
+            write_html(gather(output), html_path)
         except OSError as exc:
             click.echo(f"batchrun: cannot write {html_path}: {exc.strerror or exc}", err=True)
             sys.exit(EXIT_USAGE)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import time
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -83,6 +84,9 @@ class Result:
     # What `max_cost_usd` counted for the row: its cost, or the worst case where a reply gave no usage (a
     # resumed run's budget starts from it); not an output column.
     budget_usd: float | None = None
+    # When the result was made (UNIX seconds, to the millisecond): the report's "run over time". Set here,
+    # by default, so every engine's results carry it; not an output column.
+    finished_at: float = field(default_factory=lambda: round(time.time(), 3))
 
     @property
     def ok(self) -> bool:
@@ -90,6 +94,6 @@ class Result:
         return self.status == "ok"
 
 
-INTERNAL_FIELDS = ("retryable", "budget_usd")  # journaled, not written to the output
+INTERNAL_FIELDS = ("retryable", "budget_usd", "finished_at")  # journaled, not written to the output
 OUTPUT_COLUMNS = tuple(f.name for f in fields(Result) if f.name not in INTERNAL_FIELDS)
 """Contract 2: the columns batchrun appends to the input's, in this order."""

@@ -1,8 +1,11 @@
-"""Every example in `jobs/` runs against the emulator with `--set provider.preset=emulator`."""
+"""Every example in `jobs/` runs against the emulator with `--set provider.preset=emulator`, and its
+snippet reads its output."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import shutil
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.conftest import JOBS, CliResult
+from tests.conftest import JOBS, SAMPLE_DATA, CliResult
 
 Cli = Callable[..., CliResult]
 JOB_FILES = sorted(JOBS.glob("*.toml"))
@@ -48,3 +51,37 @@ def test_jobs_folder_has_an_example_for_each_use() -> None:
     nightly = [j for j in jobs.values() if "{date}" in j.get("output", {}).get("path", "")]
     assert nightly[0]["limits"]["max_cost_usd"] > 0
     assert {"demo", "label_reviews_maxtoken"} <= jobs.keys()
+
+
+def snippet(job_file: Path) -> str:
+    """The Python under the job file's `# Read the output` comment (its `#   ` lines)."""
+    lines = job_file.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# Read the output"))
+    code = itertools.takewhile(lambda line: line.startswith("#   "), lines[start + 1 :])
+    return "\n".join(line[4:] for line in code)
+
+
+@pytest.mark.parametrize("job_file", JOB_FILES, ids=[p.stem for p in JOB_FILES])
+def test_the_jobs_snippet_reads_its_output_with_the_installed_polars(
+    job_file: Path,
+    cli: Cli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The job's `# Read the output` snippet runs as written, in a copy of the project, on the output of
+    the job's first rows against the emulator, and prints what it reads."""
+    shutil.copytree(JOBS, tmp_path / "jobs", ignore=shutil.ignore_patterns("out"))
+    shutil.copytree(SAMPLE_DATA, tmp_path / "sample_data")
+    for name in ("MAXTOKEN_API_KEY", "DASHSCOPE_API_KEY", "REVIEWS_EXPORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    job = Path("jobs") / job_file.name
+    result = cli("run", job, "--set", "provider.preset=emulator", "--limit", "20", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    code = snippet(job_file)
+    assert "pl.read_parquet" in code
+    exec(compile(code, f"{job_file.name} snippet", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "shape:" in printed  # a polars frame was printed

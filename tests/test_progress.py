@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import itertools
 import json
 import logging
 from collections.abc import Callable
@@ -16,7 +18,9 @@ from batchrun.emulator import EmulatorServer
 from batchrun.engines.run import run_job
 from batchrun.job.schema import load_job
 from batchrun.report import runlog
-from batchrun.report.progress import LiveDisplay, Snapshot, describe, eta_s
+from batchrun.report.progress import LiveDisplay, Snapshot, binding, describe, eta_s, limiter_state
+from batchrun.report.timeline import timeline_path
+from batchrun.store.runstore import run_folder
 from tests.conftest import CliResult
 
 Cli = Callable[..., CliResult]
@@ -70,38 +74,77 @@ def test_snapshots_follow_the_runners_counters_to_the_final_totals(
 
 
 def test_progress_phrases_name_rate_eta_tokens_cost_limiter_and_errors() -> None:
-    """A snapshot reads as rows of total, rate, ETA, tokens, cost, in flight and waiting, limiter state
-    (with what binds) and errors."""
+    """A snapshot reads as rows of total, rate, elapsed time, ETA, tokens, cost, in flight and waiting, the
+    limiter state led by what binds, retries and errors by type."""
     snap = Snapshot(
         elapsed_s=10.0, ok=350, failed=40, reused=10, sent=500, in_flight=7, prompt_tokens=1_500_000,
         completion_tokens=2_500, cost_usd=1.25, errors={"rate_limited": 30, "server_error": 10},
         cooldown_s=2.5, concurrency=12, max_concurrency=64, pace_per_s=48.0, down_s=31.0, waiting=5,
-        binding="cooldown",
+        binding="cooldown", retries={"rate_limited": 70, "timeout": 2},
     )  # fmt: skip
     assert eta_s(snap, 1000, 50.0) == pytest.approx(12.0)
     assert eta_s(snap, None, 50.0) is None
     text = "; ".join(describe(snap, 1000, 50.0))
     assert text == (
-        "400/1,000 rows (40%); 50.0 rows/s; ETA 0:12; tokens 1.5M in, 2.5k out; $1.2500; "
-        "7 in flight, 5 waiting, 500 sent; concurrency 12/64 (adaptive), pace 48.0/s, cooling down 2.5 s, "
-        "provider down 31 s, bound by cooldown; errors rate_limited 30, server_error 10"
+        "400/1,000 rows (40%); 50.0 rows/s; elapsed 0:10; ETA 0:12; tokens 1.5M in, 2.5k out; $1.2500; "
+        "7 in flight, 5 waiting, 500 sent; bound by cooldown, concurrency 12/64 (adaptive), pace 48.0/s, "
+        "cooling down 2.5 s, provider down 31 s; retried rate_limited 70, timeout 2; "
+        "errors rate_limited 30, server_error 10"
     )
 
 
+def test_a_full_fixed_concurrency_is_named_as_what_binds() -> None:
+    """With nothing held in the limiter, every slot of a fixed concurrency taken reads as bound by it."""
+    full = Snapshot(
+        elapsed_s=1.0, ok=0, failed=0, reused=0, sent=8, in_flight=8, prompt_tokens=0, completion_tokens=0,
+        cost_usd=0.0, max_concurrency=8,
+    )  # fmt: skip
+    assert binding(full) == "concurrency"
+    assert binding(dataclasses.replace(full, in_flight=5)) is None
+    assert binding(dataclasses.replace(full, in_flight=5, binding="rpm")) == "rpm"
+    assert limiter_state(full).startswith("bound by concurrency, concurrency 8")
+
+
 def test_live_display_draws_the_state_on_a_terminal() -> None:
-    """On a terminal the live display shows rows, the limiter's cooldown and errors by type."""
+    """On a terminal the live display shows rows, elapsed time, requests in flight apart from those waiting,
+    the limiter's binding limit and cooldown, retries and errors by type."""
     stream = io.StringIO()
     console = Console(file=stream, force_terminal=True, width=120)
     snap = Snapshot(
-        elapsed_s=2.0, ok=30, failed=2, reused=0, sent=40, in_flight=8, prompt_tokens=900,
+        elapsed_s=75.0, ok=30, failed=2, reused=0, sent=40, in_flight=3, prompt_tokens=900,
         completion_tokens=60, cost_usd=0.01, errors={"rate_limited": 2}, cooldown_s=1.0, max_concurrency=8,
+        waiting=5, binding="cooldown", retries={"rate_limited": 6},
     )  # fmt: skip
     with LiveDisplay(console) as display:
         display.update(snap, 100)
     drawn = stream.getvalue()
     assert "32/100 rows (32%)" in drawn
+    assert "elapsed 1:15" in drawn
+    assert "3 in flight, 5 waiting, 40 sent" in drawn
+    assert "limiter: bound by cooldown" in drawn
     assert "cooling down 1.0 s" in drawn
+    assert "retried rate_limited 6" in drawn
     assert "errors rate_limited 2" in drawn
+
+
+def test_retried_attempts_are_counted_and_written_to_the_timeline(
+    emulator: StartEmulator, write_job: WriteJob, reviews: Path
+) -> None:
+    """429s that are retried are counted by type in the snapshots and in the run folder's timeline, whose
+    last line holds the run's final counts."""
+    server = emulator(rate_429=0.2, seed=3)
+    job = load_job(write_job(server.base_url), ["limits.max_attempts=12"])
+    recorder = Recorder()
+    summary = run_job(job, observers=[recorder])
+    assert summary.ok == 40
+    final, _ = recorder.seen[-1]
+    assert final.retries.get("rate_limited", 0) == final.sent - 40 > 0  # every extra attempt was a 429
+    lines = [json.loads(line) for line in timeline_path(run_folder(job.output_path)).read_text().splitlines()]
+    assert set(lines[0]) == {"start", "pid"}
+    assert lines[-1]["sent"] == final.sent
+    assert lines[-1]["retries"] == final.retries
+    assert lines[-1]["ok"] == 40
+    assert all(later["t"] >= earlier["t"] for earlier, later in itertools.pairwise(lines[1:]))
 
 
 def test_progress_lines_appear_when_stderr_is_not_a_terminal(

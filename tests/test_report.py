@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+import vl_convert
 
 from batchrun.emulator import EmulatorServer
+from batchrun.report.overtime import over_time
+from batchrun.report.pagedata import gather
 from tests.conftest import CliResult
 
 Cli = Callable[..., CliResult]
@@ -66,7 +71,7 @@ def test_summary_json_is_written_beside_the_output_and_matches_it(
     assert "variants" not in summary  # no sweep, no variant column
     assert summary["ended_at"] >= summary["started_at"]
     printed = json.loads(result.stdout)
-    assert printed == {k: v for k, v in summary.items() if k not in ("started_at", "ended_at")}
+    assert printed == {k: v for k, v in summary.items() if k not in ("started_at", "ended_at", "id_column")}
     assert not list(output.parent.glob(".*.tmp"))  # written through a temporary file, renamed
 
 
@@ -112,26 +117,71 @@ def test_report_json_matches_the_runs_summary(failing_run: tuple[Path, CliResult
     assert sum(b["count"] for b in report["latency_histogram"]) == report["ok"]
 
 
-def test_report_html_is_self_contained_with_a_latency_histogram(
+def test_report_html_is_one_offline_page_with_failures_grouped_and_charts_that_draw(
     failing_run: tuple[Path, CliResult], cli: Cli, tmp_path: Path
 ) -> None:
-    """`report --html` writes one page: inline SVG histogram, cost by model, no external resource."""
+    """`report --html` writes one page that loads nothing from elsewhere: failures grouped by type and
+    message with their counts and first row ids (the id column, not the hash), and Vega-Lite charts that
+    Vega draws without an error."""
     output, _ = failing_run
     page_path = tmp_path / "pages" / "report.html"
     result = cli("report", output, "--html", page_path)
     assert result.exit_code == 1
     page = page_path.read_text()
     assert page.startswith("<!DOCTYPE html>")
-    assert 'aria-label="latency histogram"' in page
-    histogram = page.split('aria-label="latency histogram"')[1].split("</svg>")[0]
-    counts = [int(c.replace(",", "")) for c in re.findall(r"s: ([\d,]+)</title>", histogram)]
-    ok = pl.read_parquet(output).filter(pl.col("status") == "ok").height
-    assert sum(counts) == ok
-    assert "Cost by model" in page
-    assert "qwen3-max" in page
-    assert "First 5 failed rows" in page
-    for external in ("<script", "<link", "src=", "url(", "@import"):
-        assert external not in page
+    assert "<script src" not in page
+    markup = re.sub(r"<script\b[^>]*>.*?</script>", "", page, flags=re.DOTALL)
+    for external in ("<link", "<img", "<iframe", "@import", "url(", "http"):
+        assert external not in markup
+    out = pl.read_parquet(output)
+    failed = out.filter(pl.col("status") == "error")
+    assert f"{failed.height} rows failed" in page
+    bad = failed.filter(pl.col("error_type") == "bad_request")
+    assert '<td class="kind">bad_request</td>' in page
+    assert bad["id"][0] in page  # the row's id (r0004), not its custom_id
+    assert bad["custom_id"][0] not in page
+    server_errors = failed.filter(pl.col("error_type") == "server_error")
+    assert (
+        f'<td class="num">{server_errors.height}</td><td><code>{", ".join(server_errors["id"].head(3))}'
+        in page
+    )
+    specs = chart_specs(page)
+    assert len(specs) >= 4  # finish reasons, run over time, latency, ...
+    for spec in specs:
+        assert "<svg" in vl_convert.vegalite_to_svg(spec)  # raises on a spec Vega cannot draw
+
+
+def chart_specs(page: str) -> list[dict[str, Any]]:
+    """The Vega-Lite specs embedded in a report page."""
+    found = re.findall(r'<script type="application/json" data-chart="chart-\d+">(.*?)</script>', page)
+    return [json.loads(text) for text in found]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium is not installed")
+def test_report_page_draws_every_chart_in_headless_chromium(
+    failing_run: tuple[Path, CliResult], cli: Cli, tmp_path: Path
+) -> None:
+    """Opened offline in headless Chromium, the page draws every chart as SVG, with no error or warning
+    on the console."""
+    output, _ = failing_run
+    page_path = tmp_path / "report.html"
+    cli("report", output, "--html", page_path)
+    dom = headless_dom(page_path, tmp_path)
+    count = len(chart_specs(page_path.read_text()))
+    assert f'data-charts="drawn {count}"' in dom
+    assert 'data-chart-errors=""' in dom
+    assert 'data-chart-warnings=""' in dom
+    assert dom.count("<svg") >= count
+
+
+def headless_dom(page: Path, folder: Path) -> str:
+    """The page's DOM after its scripts ran in headless Chromium (no network: a file URL)."""
+    command = [
+        "chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={folder / 'chromium'}",
+        "--virtual-time-budget=10000", "--dump-dom", page.as_uri(),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    return done.stdout
 
 
 def test_report_groups_by_variant_when_the_output_has_one(
@@ -160,7 +210,10 @@ def test_report_groups_by_variant_when_the_output_has_one(
     assert re.search(r"^\s+t=1\s+10/10 100%\s", text, re.MULTILINE)
     page_path = tmp_path / "swept.html"
     cli("report", swept_path, "--html", page_path)
-    assert "Cost by variant" in page_path.read_text()
+    page = page_path.read_text()
+    assert "<h2>Variants</h2>" in page
+    assert '<td class="text">t=1</td>' in page
+    assert "Answers side by side" not in page  # variants interleaved: no rows to set side by side
 
 
 @pytest.mark.parametrize("content", [None, b"not parquet", "no_columns"])
@@ -209,3 +262,72 @@ def test_quantiles_that_do_not_fit_the_cap_become_estimates(
     assert result.latency.p50 == pytest.approx(0.5005, rel=0.02)
     assert result.latency.p95 == pytest.approx(0.95, rel=0.02)
     assert (result.rows, result.ok, result.latency.max) == (1000, 1000, 1.0)
+
+
+def test_the_run_over_time_is_the_last_runs_with_its_requests_and_retries(
+    emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+) -> None:
+    """A job run on 10 rows, then on all 40 with 429s: the run over time is the second run's (30 results,
+    10 from earlier), with its requests and retried 429s per bucket adding up to its timeline's totals."""
+    server = emulator(rate_429=0.2, seed=5)
+    job = write_job(server.base_url)
+    tries = ("--set", "limits.max_attempts=12")
+    assert cli("run", job, "--limit", "10", *tries).exit_code == 0
+    summary = json.loads(cli("run", job, "--json", *tries).stdout)
+    timeline, note = over_time(job.parent / "out" / "test.parquet")
+    assert note is None
+    assert timeline is not None
+    assert (timeline.runs, timeline.earlier, timeline.answered) == (2, 10, 30)
+    assert timeline.requests == summary["requests_sent"]
+    assert sum(n for _, n in timeline.sent) == timeline.requests
+    assert sum(timeline.retried.values()) == timeline.requests - 30 > 0
+    assert (
+        sum(n for _, kind, n in timeline.retries if kind == "rate_limited")
+        == timeline.retried["rate_limited"]
+    )
+    assert sum(rows for _, kind, rows, _ in timeline.results if kind == "ok") == 30
+    assert timeline.bucket_s == 0.1  # a run of a few seconds, in tenths of a second
+    assert timeline.attempts_bucket_s == 1.0  # the timeline has a line a second
+
+
+def test_a_sweep_page_sets_the_variants_answers_side_by_side_and_counts_json_values(
+    emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli, tmp_path: Path
+) -> None:
+    """A two-model sweep in JSON mode: the page lists rows whose answers differ first, says how often the
+    variants agree, and charts the `json` column's values per variant."""
+    server = emulator()
+    job = write_job(
+        server.base_url,
+        """
+        [matrix]
+        model = ["qwen3-max", "qwen-max"]
+        """,
+    )
+    text = job.read_text().replace(
+        'template = "Review: {title}. {text}\\nAnswer with one word."',
+        'template = """Review: {title}. {text}\nReply in JSON: {{"sentiment": "positive" | "negative"}}"""',
+    )
+    job.write_text(
+        text.replace("max_tokens = 16", 'max_tokens = 40\nresponse_format = { type = "json_object" }')
+    )
+    assert cli("run", job).exit_code == 0
+    output = tmp_path / "out" / "test.parquet"
+    data = gather(output)
+    assert data.samples is not None
+    assert data.samples.columns == ("id", "text", "model=qwen3-max", "model=qwen-max")
+    out = pl.read_parquet(output)
+    first, second = (out.filter(pl.col("variant") == v)["json"] for v in data.samples.columns[2:])
+    differ = int((first != second).sum())
+    assert 0 < differ < 40
+    assert (data.samples.positions, data.samples.differ) == (40, differ)
+    assert data.samples.differing == tuple(i < differ for i in range(len(data.samples.rows)))
+    (sentiment,) = [d for d in data.distributions if d.key == "sentiment"]
+    counted = {(variant, value): n for variant, value, n in sentiment.counts}
+    for variant, answers in zip(data.samples.columns[2:], (first, second), strict=True):
+        labels = answers.str.json_path_match("$.sentiment")
+        assert counted[(variant, "positive")] == int((labels == "positive").sum())
+    page = tmp_path / "sweep.html"
+    cli("report", output, "--html", page)
+    html = page.read_text()
+    assert f"same answer for <b>{40 - differ} of 40</b>" in html
+    assert html.count('<tr class="differ">') == min(differ, len(data.samples.rows))

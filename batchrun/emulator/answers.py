@@ -5,10 +5,12 @@ A request asks for each by the usual means of its API:
 - thinking: `enable_thinking: true` (DashScope, OpenAI kind) or `thinking: {type: enabled}` (Anthropic);
 - a tool call: a non-empty `tools` list, unless `tool_choice` is `none`; the tool named by `tool_choice`,
   else the first, is called with arguments built from its JSON schema (so they validate against it);
-- JSON: `response_format` `json_object` (`{"answer": text}`) or `json_schema` (an object of the schema);
+- JSON: `response_format` `json_object` (an object of the shape the prompt shows, else `{"answer": text}`)
+  or `json_schema` (an object of the schema);
 - several choices: `n` (OpenAI kind).
 
-Every part is a function of the model, the messages and those options, like the plain reply.
+A prompt that offers words or a scale to answer with gets one of them (`batchrun.emulator.choices`). Every
+part is a function of the model, the messages and those options, like the plain reply.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from batchrun.emulator.replies import completion, count_tokens, prompt_tokens, reply_text
+from batchrun.emulator import choices
+from batchrun.emulator.replies import completion, count_tokens, cut, prompt_tokens, reply_text
 
 __all__ = ["Answer", "Options", "ToolCall", "answer"]
 
@@ -59,20 +62,29 @@ class Answer:
 
 def answer(key: str, model: str, messages: list[Any], limit: int | None, options: Options) -> Answer:
     """The reply to a parsed request whose request key is `key`."""
-    text, finish_reason = completion(model, messages, limit)
+    instructions, reading = choices.read(messages)
+    offered = choices.offered(instructions)
+
+    def text_of(name: str) -> tuple[str, str]:
+        if offered is not None:
+            return cut(choices.pick(offered, reading, name), limit)
+        return completion(name, messages, limit)
+
+    text, finish_reason = text_of(model)
     reasoning = reply_text(model + "/thinking", messages) if options.thinking else None
     reasoning_tokens = count_tokens(reasoning) if reasoning else 0
-    call = _tool_call(key, text, options)
+    call = _tool_call(key, text, options, reading, model)
     texts: tuple[str | None, ...]
     if call is not None:
         texts, finish_reason = (None,), "tool_calls"
         spent = count_tokens(json.dumps(call.arguments))
     else:
         if options.json_schema is not None:
-            text = json.dumps(_value(options.json_schema, text))
+            text = json.dumps(_value(options.json_schema, text, reading, model))
         elif options.json_object:
-            text = json.dumps({"answer": text})
-        others = [completion(f"{model}#{i}", messages, limit)[0] for i in range(1, options.n)]
+            shaped = choices.shaped(instructions, reading, model)
+            text = json.dumps(shaped if shaped is not None else {"answer": text})
+        others = [text_of(f"{model}#{i}")[0] for i in range(1, options.n)]
         texts = (text, *others)
         spent = sum(count_tokens(t) for t in (text, *others))
     return Answer(
@@ -86,31 +98,35 @@ def answer(key: str, model: str, messages: list[Any], limit: int | None, options
     )
 
 
-def _tool_call(key: str, text: str, options: Options) -> ToolCall | None:
+def _tool_call(
+    key: str, text: str, options: Options, reading: choices.Reading, model: str
+) -> ToolCall | None:
     if not options.tools or options.tools_off:
         return None
     tools = dict(options.tools)
     name = options.tool_name if options.tool_name in tools else options.tools[0][0]
-    arguments = _value(tools[name], text)
+    arguments = _value(tools[name], text, reading, model)
     if not isinstance(arguments, dict):
         arguments = {"input": arguments}
     return ToolCall(f"call_emu_{key[:20]}", name, arguments)
 
 
-def _value(schema: Any, text: str) -> Any:
-    """A value that validates against a (simple) JSON schema, made from the reply text."""
+def _value(schema: Any, text: str, reading: choices.Reading, model: str) -> Any:
+    """A value that validates against a (simple) JSON schema, made from the reply text; an enum's value is
+    picked as a prompt's offered words are."""
     if not isinstance(schema, dict):
         return text
     if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][len(text) % len(schema["enum"])]
+        names = [str(value) for value in schema["enum"]]
+        return schema["enum"][names.index(choices.pick(names, reading, model))]
     kind = schema.get("type")
     if kind == "object" or "properties" in schema:
         properties = schema.get("properties") or {}
         if not properties:
             return {"input": text}
-        return {name: _value(sub, text) for name, sub in properties.items()}
+        return {name: _value(sub, text, reading, f"{model}/{name}") for name, sub in properties.items()}
     if kind == "array":
-        return [_value(schema.get("items"), text)]
+        return [_value(schema.get("items"), text, reading, model)]
     if kind == "integer":
         return len(text.split())
     if kind == "number":

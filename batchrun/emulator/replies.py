@@ -15,6 +15,7 @@ __all__ = [
     "completion",
     "content_text",
     "count_tokens",
+    "cut",
     "error_body",
     "parse",
     "prompt_tokens",
@@ -99,7 +100,11 @@ def reply_text(model: str, messages: list[Any]) -> str:
 
 def completion(model: str, messages: list[Any], limit: int | None) -> tuple[str, str]:
     """The reply text cut to `limit` completion tokens, and its finish_reason ("stop" or "length")."""
-    text = reply_text(model, messages)
+    return cut(reply_text(model, messages), limit)
+
+
+def cut(text: str, limit: int | None) -> tuple[str, str]:
+    """`text` cut to `limit` completion tokens, and its finish_reason ("stop" or "length")."""
     if limit is not None and count_tokens(text) > limit:
         # Four characters a token, so this cut keeps the estimate at or below the limit.
         return text[: limit * 4].rstrip(), "length"

@@ -171,6 +171,7 @@ class LiveEngine:
             if self.limiter.breaker.is_open:
                 tries.counted -= 1  # the provider is down: not this row's fault, nor its budget
                 self.limiter.breaker.check_outage(self.limits.max_outage_s)
+            context.counters.attempt_failed(exc, retried=tries.counted < self.limits.max_attempts)
             raise exc from None
         except BaseException:
             self.limiter.abandon(ticket)

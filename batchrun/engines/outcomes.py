@@ -140,9 +140,16 @@ class Counters:
     reused: int = 0
     cached: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)  # failed attempts tried again, by type
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+
+    def attempt_failed(self, exc: ProviderError, *, retried: bool) -> None:
+        """Count one failed attempt that is tried again (a 429, a 5xx, a timeout... with tries left), by
+        type; `retried`: the row has tries left."""
+        if exc.retryable and retried:
+            self.retries[exc.error_type] = self.retries.get(exc.error_type, 0) + 1
 
     def add(self, result: Result) -> None:
         """Count one finished row."""

@@ -31,18 +31,17 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from batchrun.engines.base import Engine, RunContext
 from batchrun.engines.channels import send
 from batchrun.engines.gctuning import quiet_gc
-from batchrun.errors import EXIT_INTERNAL, BatchrunError, StopRun, UsageError, user_error
-from batchrun.inputs.validate import check_input
-from batchrun.job.sweep import prompt_set, request_models
+from batchrun.errors import EXIT_INTERNAL, BatchrunError, StopRun, user_error
+from batchrun.inputs.preflight import preflight
 from batchrun.money.budget import Budget
-from batchrun.money.pricing import PriceBook
-from batchrun.net.endpoint import api_key, cache_scope, open_endpoint, read_key
+from batchrun.net.endpoint import cache_scope, open_endpoint, read_key
 from batchrun.providers import make_provider
 from batchrun.records import Request, Result
 from batchrun.redact import hiding, redact_data, secrets_of
 from batchrun.report import runlog
 from batchrun.report.progress import Observer, Snapshot, watch
 from batchrun.report.summary import Summary, failure_summary, summarize, summary_path, write_summary_json
+from batchrun.report.timeline import Timeline
 from batchrun.store.cache import ResponseCache
 from batchrun.store.runstore import FinishedIds, RunStore, run_lock
 
@@ -112,6 +111,7 @@ def _loop_options() -> dict[str, Any]:
 
 
 def _write_summary(job: Job, data: dict[str, Any]) -> None:
+    data = data | {"id_column": job.input.id_column}  # the report names failed rows by it
     path = summary_path(job.output_path)
     try:
         write_summary_json(path, redact_data(data))
@@ -126,28 +126,9 @@ async def _run_async(
     transport: httpx.AsyncBaseTransport | None,
     observers: tuple[Observer, ...],
 ) -> Summary:
-    prompts = prompt_set(job, limit=limit)
-    key = api_key(job)
-    if key is not None and not key.isascii():
-        # httpx refused it with a traceback; the key itself is never shown, only where to look.
-        at = next(i for i, c in enumerate(key) if not c.isascii()) + 1
-        raise UsageError(
-            f"{job.source}: the key in {job.provider.api_key_env} holds a character that is not ASCII (its "
-            f"character {at}; a pasted ellipsis or quote?), which no HTTP header can carry: set it again"
-        )
-    prices = PriceBook(
-        input=job.pricing.input, output=job.pricing.output, cached_input=job.pricing.cached_input
-    )
-    if job.limits.max_cost_usd is not None:
-        for model in request_models(job):  # a sweep's every model needs its price
-            if prices.price(model) is None:
-                raise UsageError(
-                    f"{job.source}: [limits] max_cost_usd needs a price, and none is known for model "
-                    f"{model!r}: set [pricing] input and output"
-                )
-    report = check_input(prompts)  # every row, before the first request: a bad one stops the job here
+    checked = preflight(job, limit=limit)  # the job, key, prices and every input row: exit 2 on a problem
+    prompts, key, prices, report = checked.prompts, checked.key, checked.prices, checked.input
     runlog.file_only.info("input checked: %d rows, %d bad, %.1f s", report.rows, report.bad, report.seconds)
-    report.enforce()
     cache = None
     if job.cache.enabled:
         cache = ResponseCache(job.cache.path, kind=job.provider.kind, base_url=cache_scope(job))
@@ -294,6 +275,7 @@ class Run:
             completion_tokens=counters.completion_tokens,
             cost_usd=counters.cost_usd,
             errors=dict(counters.errors),
+            retries=dict(counters.retries),
             max_concurrency=self.job.limits.concurrency,
             stopping=self.context.draining,
         )
@@ -306,9 +288,9 @@ class Run:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._writer, results_rx)
             signal_scope = await tg.start(self._watch_signals)
-            progress_scope = anyio.CancelScope()
-            if self.observers:
-                progress_scope = await tg.start(watch, self.snapshot, self.prompts.count_rows, self.observers)
+            # The run's counters, a line a second, go to the run folder for the report's "run over time".
+            observers = (*self.observers, Timeline(self.store.dir))
+            progress_scope = await tg.start(watch, self.snapshot, self.prompts.count_rows, observers)
             async with results_tx, anyio.create_task_group() as feed_group:
                 self._feed_scope = feed_group.cancel_scope
                 feed_group.start_soon(self._producer, requests_tx, results_tx.clone())

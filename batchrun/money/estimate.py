@@ -10,7 +10,7 @@ from batchrun.job.schema import Job
 from batchrun.job.sweep import SweepPromptSet, prompt_set
 from batchrun.money.pricing import PriceBook
 from batchrun.records import Request, Usage
-from batchrun.store.runstore import RunStore
+from batchrun.store.runstore import FinishedIds, RunStore
 
 DEFAULT_OUTPUT_TOKENS = 256  # per row, when the job sets no max_tokens: a guess, and said to be one
 
@@ -87,11 +87,14 @@ class Estimate:
         ]
 
 
-def estimate_job(job: Job, *, limit: int | None = None, latency_s: float = 2.0) -> Estimate:
-    """Read and render the whole prompt set (sending nothing) and add up what the run would take."""
+def estimate_job(
+    job: Job, *, limit: int | None = None, latency_s: float = 2.0, fresh: bool = False
+) -> Estimate:
+    """Read and render the whole prompt set (sending nothing) and add up what the run would take; `fresh`:
+    as `run --fresh` would, every row counted, answered or not."""
     prompts = prompt_set(job, limit=limit)
     check_input(prompts).enforce()  # the run's own check: bad rows stop an estimate as they stop a run
-    done = RunStore(job.output_path).finished_ids()
+    done = RunStore(job.output_path).finished_ids() if not fresh else _no_ids()
     prices = PriceBook(
         input=job.pricing.input, output=job.pricing.output, cached_input=job.pricing.cached_input
     )
@@ -136,6 +139,13 @@ def estimate_job(job: Job, *, limit: int | None = None, latency_s: float = 2.0) 
         batch_discount=job.pricing.batch_discount,
         batch=job.batch.enabled,
     )
+
+
+def _no_ids() -> FinishedIds:
+    import polars as pl
+
+    empty = pl.Series([], dtype=pl.UInt64)
+    return FinishedIds(empty, empty)
 
 
 def _expected_duration(job: Job, requests: int, tokens: int, latency_s: float) -> tuple[float, str]:

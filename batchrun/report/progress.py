@@ -45,6 +45,8 @@ class Snapshot:
     completion_tokens: int
     cost_usd: float
     errors: dict[str, int] = field(default_factory=dict)
+    # Attempts that failed and are tried again (429s, 5xx, timeouts...), by error type.
+    retries: dict[str, int] = field(default_factory=dict)
     cooldown_s: float = 0.0  # seconds left of a cooldown after a 429
     concurrency: int | None = None  # the adaptive window, when the limit is being discovered
     max_concurrency: int = 0
@@ -100,33 +102,49 @@ def eta_s(snap: Snapshot, total: int | None, rate: float) -> float | None:
 
 
 def describe(snap: Snapshot, total: int | None, rate: float) -> list[str]:
-    """The snapshot as short phrases: rows, rate and ETA; tokens and cost; requests; limiter; errors."""
+    """The snapshot as short phrases: rows, rate, elapsed time and ETA; tokens and cost; requests in flight
+    and waiting; the limiter; retries and errors by type (the last two only when there are some)."""
     if total is not None and snap.done > total:
         total = None  # a count that fell short (the input grew meanwhile): no made-up percentage
     rows = (
         f"{snap.done:,}/{total:,} rows ({100 * snap.done / total:.0f}%)" if total else f"{snap.done:,} rows"
     )
     eta = eta_s(snap, total, rate)
-    parts = [rows, f"{rate:,.1f} rows/s", f"ETA {_duration(eta)}" if eta is not None else "ETA -"]
+    parts = [rows, f"{rate:,.1f} rows/s", f"elapsed {_duration(snap.elapsed_s)}"]
+    parts.append(f"ETA {_duration(eta)}" if eta is not None else "ETA -")
     parts.append(f"tokens {_count(snap.prompt_tokens)} in, {_count(snap.completion_tokens)} out")
     parts.append(f"${snap.cost_usd:,.4f}")
     parts.append(f"{snap.in_flight} in flight, {snap.waiting} waiting, {snap.sent:,} sent")
     parts.append(limiter_state(snap))
+    if snap.retries:
+        parts.append("retried " + _by_type(snap.retries))
     if snap.errors:
-        parts.append("errors " + ", ".join(f"{k} {v:,}" for k, v in sorted(snap.errors.items())))
+        parts.append("errors " + _by_type(snap.errors))
     if snap.stopping:
         parts.append("stopping")
     parts.extend(snap.batches)
     return parts
 
 
+def binding(snap: Snapshot) -> str | None:
+    """What holds the run back now: the limiter's binding limit, or `concurrency` when every slot is taken
+    by a request in flight (a fixed concurrency is not the limiter's to report)."""
+    if snap.binding is not None:
+        return snap.binding
+    if snap.max_concurrency and snap.in_flight >= (snap.concurrency or snap.max_concurrency):
+        return "concurrency"
+    return None
+
+
 def limiter_state(snap: Snapshot) -> str:
-    """`concurrency 12/64 (adaptive), pace 48.0/s, cooling down 1.2 s, bound by cooldown` or as much of it
+    """`bound by cooldown, concurrency 12/64 (adaptive), pace 48.0/s, cooling down 1.2 s` or as much of it
     as applies."""
+    bound = binding(snap)
+    state = f"bound by {bound}, " if bound is not None else ""
     if snap.concurrency is not None:
-        state = f"concurrency {snap.concurrency}/{snap.max_concurrency} (adaptive)"
+        state += f"concurrency {snap.concurrency}/{snap.max_concurrency} (adaptive)"
     else:
-        state = f"concurrency {snap.max_concurrency}"
+        state += f"concurrency {snap.max_concurrency}"
     if snap.pace_per_s is not None:
         state += f", pace {snap.pace_per_s:,.1f}/s"
     if snap.header_pace_per_s is not None:
@@ -135,8 +153,6 @@ def limiter_state(snap: Snapshot) -> str:
         state += f", cooling down {snap.cooldown_s:.1f} s"
     if snap.down_s is not None:
         state += f", provider down {snap.down_s:.0f} s"
-    if snap.binding is not None:
-        state += f", bound by {snap.binding}"
     return state
 
 
@@ -182,17 +198,20 @@ class LiveDisplay:
         from rich.text import Text
 
         phrases = describe(snap, total, rate)
-        bar = max(10, min(40, self.console.width - 50))  # the rows, rate and ETA fit beside it on one line
+        bar = max(10, min(40, self.console.width - 70))  # the rows, rate, times fit beside it on one line
         head = Table.grid(padding=(0, 1))
         head.add_row(
             ProgressBar(total=float(total) if total else None, completed=float(snap.done), width=bar),
-            Text(" · ".join(phrases[:3])),
+            Text(" · ".join(phrases[:4])),
         )
-        lines: list[Any] = [head, Text(" · ".join(phrases[3:6]), style="dim")]
-        waiting = snap.cooldown_s > 0 or snap.down_s is not None
-        lines.append(Text("limiter: " + phrases[6], style="yellow" if waiting else "dim"))
-        if snap.errors:
-            lines.append(Text(phrases[7], style="red"))
+        lines: list[Any] = [head, Text(" · ".join(phrases[4:7]), style="dim")]
+        held = snap.cooldown_s > 0 or snap.down_s is not None
+        lines.append(Text("limiter: " + phrases[7], style="yellow" if held else "dim"))
+        for phrase in phrases[8:]:
+            if phrase.startswith("retried "):
+                lines.append(Text(phrase, style="yellow"))
+            elif phrase.startswith("errors "):
+                lines.append(Text(phrase, style="red"))
         if snap.stopping:
             lines.append(Text("stopping: no new requests, waiting for those in flight", style="bold red"))
         lines.extend(Text(line, style="cyan") for line in snap.batches)
@@ -252,6 +271,10 @@ async def watch(
             final = source()
             for observer in observers:
                 observer.update(final, total)
+
+
+def _by_type(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
 
 
 def _count(n: int) -> str:

@@ -295,12 +295,9 @@ def _aggregate(
     db: duckdb.DuckDBPyConnection, output: Path, quantile: str
 ) -> tuple[dict[str, Any], list[Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """The whole file's aggregates, errors by type, and the aggregates by model and by variant."""
-    from batchrun.store import duck
-
     aggregates = _AGGREGATES.format(quantile=quantile)
-    # Columns come from the file alone: a folder named like `model=x` is not a Hive partition here.
-    source = f"read_parquet('{duck.text(output)}', hive_partitioning = false)"
-    names = {row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    source = output_sql(output)
+    names = set(column_names(db, source))
     cached = "count(*) FILTER (WHERE cached)" if "cached" in names else "0"
     (totals,) = _query(db, f"SELECT {aggregates}, {cached} AS cached FROM {source}")
     errors = db.execute(
@@ -314,17 +311,35 @@ def _aggregate(
     by_variant: list[dict[str, Any]] = []
     if VARIANT_COLUMN in names:
         # Variants in output order: the order the job's [matrix] lists them.
-        if "file_row_number" in names:  # the input had such a column: number the rows ourselves
-            numbered = f"(SELECT *, row_number() OVER () AS __row FROM {source})"
-        else:
-            with_numbers = f"{source.removesuffix(')')}, file_row_number = true)"
-            numbered = f"(SELECT *, file_row_number AS __row FROM {with_numbers})"
         by_variant = _query(
             db,
             f"SELECT coalesce(CAST({VARIANT_COLUMN} AS VARCHAR), '(none)') AS name, {aggregates} "
-            f"FROM {numbered} GROUP BY name ORDER BY min(__row)",
+            f"FROM {numbered_sql(output, names)} GROUP BY name ORDER BY min(__row)",
         )
     return totals, errors, by_model, by_variant
+
+
+def output_sql(output: Path) -> str:
+    """The output file as a DuckDB table expression. Its columns come from the file alone: a folder named
+    like `model=x` is not a Hive partition here."""
+    from batchrun.store import duck
+
+    return f"read_parquet('{duck.text(output)}', hive_partitioning = false)"
+
+
+def numbered_sql(output: Path, names: set[str]) -> str:
+    """The output's rows with their 0-based place in the file as `__row` (a subquery); `names`: its
+    columns."""
+    source = output_sql(output)
+    if "file_row_number" in names:  # the input had such a column: number the rows ourselves
+        return f"(SELECT *, row_number() OVER () - 1 AS __row FROM {source})"
+    with_numbers = f"{source.removesuffix(')')}, file_row_number = true)"
+    return f"(SELECT * EXCLUDE (file_row_number), file_row_number AS __row FROM {with_numbers})"
+
+
+def column_names(db: duckdb.DuckDBPyConnection, source: str) -> list[str]:
+    """The columns of a table expression, in order."""
+    return [row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
 
 
 def check_output(output: Path) -> None:

@@ -50,7 +50,7 @@ def result_schema() -> dict[str, Any]:
     for name in RESULT_FIELDS:
         if name in ints or name in ("attempts", "http_status"):
             schema[name] = pl.Int64
-        elif name in ("cost_usd", "latency_s", "budget_usd"):
+        elif name in ("cost_usd", "latency_s", "budget_usd", "finished_at"):
             schema[name] = pl.Float64
         elif name in ("retryable", "cached"):
             schema[name] = pl.Boolean
@@ -106,6 +106,36 @@ def index_batches(path: Path) -> Iterator[pa.RecordBatch]:
         first_line += len(lines)
         yield from frame.select(target.names).to_arrow().cast(target).to_batches()
     skipped.report()
+
+
+def field_batches(
+    path: Path, names: Sequence[str], *, numbered: bool = False
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The fields `names` of every readable result line of the journal at `path`, in file order, one batch
+    per block read; with their schema. `numbered` adds `line`, the line's 0-based place in the file (a later
+    line for the same `custom_id` wins). What the report and `batchrun status` read of a journal of any
+    size (unreadable lines are left out silently: the run that reads the journal names them)."""
+    import polars as pl
+
+    schema = result_schema()
+    narrow = {name: schema[name] for name in dict.fromkeys(["custom_id", *names])}
+    columns = [*names, "line"] if numbered else list(names)
+    target = pl.DataFrame(schema={**narrow, "line": pl.Int64}).select(columns).to_arrow().schema
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        first = 0
+        for _, block in _blocks(path):
+            lines = block.split(b"\n")[:-1]
+            frame = _parse(block, len(lines), narrow)
+            if frame is None:
+                rows = [_coerce(_load(line), narrow) for line in lines]
+                frame = pl.DataFrame(rows, schema=narrow, orient="row")
+            frame = frame.with_columns(pl.int_range(first, first + len(lines), dtype=pl.Int64).alias("line"))
+            first += len(lines)
+            frame = frame.filter(pl.col("custom_id").is_not_null()).select(columns)
+            yield from frame.to_arrow().cast(target).to_batches()
+
+    return target, batches()
 
 
 def fetch(fd: int, offsets: Sequence[int], lengths: Sequence[int]) -> pl.DataFrame:
