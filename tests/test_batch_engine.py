@@ -252,3 +252,15 @@ def test_ctrl_c_stops_waiting_and_says_the_batches_keep_running(
     assert f"40 rows are in batches still running at the provider ({batch_id})" in stderr
     assert "batchrun cancel" in stderr
     assert "Traceback" not in stderr
+
+
+def test_status_names_the_batches_a_run_left_waiting(
+    emulator: Start, write_job: WriteJob, reviews: Path, cli: Callable[..., Any]
+) -> None:
+    """`batchrun status JOB` after a `wait = false` run lists its batch, with its rows and model."""
+    server = emulator(batch=BatchConfig(in_progress_s=60))
+    job = write_job(server.base_url, BATCH + "wait = false\n")
+    assert cli("run", job, "--quiet").exit_code == 3
+    result = cli("status", job)
+    (batch_id,) = openai_batches(server)
+    assert f"{batch_id}: 40 rows of qwen3-max" in result.stdout

@@ -142,9 +142,18 @@ def job_status(job: Job, *, limit: int | None = None) -> Status:
 
 
 def batch_lines(folder: Path) -> list[str]:
-    """The Batch API engine's hook: one line per batch in flight for the run folder `folder` (its id, state,
-    requests done of total, when it expires). Empty until that engine keeps its batches in the folder."""
-    return []
+    """One line per Batch API batch whose rows still wait, from the run folder's batch journal (read only:
+    the batches' states are the provider's, seen by the next run's poll)."""
+    from batchrun.engines.batchlog import BatchLog
+
+    log = BatchLog(folder)
+    lines = []
+    for record in log.load().values():
+        if log.rows_path(record.index).is_file():
+            submitted = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.at))
+            state = record.batch_id if record.batch_id is not None else "written down, not yet created"
+            lines.append(f"{state}: {record.rows:,} rows of {record.model or 'its model'}, sent {submitted}")
+    return lines
 
 
 def running_pid(folder: Path) -> int | None:
