@@ -256,8 +256,11 @@ def test_a_429_during_a_cooldown_does_not_stack_cooldowns() -> None:
 
     async def main() -> list[float]:
         limiter = Limiter(concurrency=8, requests_per_minute=600)
-        tickets = [await limiter.acquire(request(1, 1)) for _ in range(3)]
-        limiter.on_failure(tickets[0], rate_limited(0.3), 0.0)
+        tickets = [await limiter.acquire(request(1, 1)) for _ in range(4)]
+        limiter.on_failure(tickets[0], rate_limited(0.05), 0.0)
+        await anyio.sleep(0.06)  # that first pause is over; the next 429 starts the one under test
+        sent = await limiter.acquire(request(1, 1))
+        limiter.on_failure(sent, rate_limited(0.3), 0.0)  # two 429s: the pace is cut once
         deadline = limiter._cool_until
         await anyio.sleep(0.05)
         for ticket in tickets[1:]:  # sent before the cooldown: their 429s say nothing new
@@ -267,7 +270,7 @@ def test_a_429_during_a_cooldown_does_not_stack_cooldowns() -> None:
 
     first_deadline, deadline, factor = anyio.run(main)
     assert deadline == first_deadline
-    assert factor == pytest.approx(1 - adaptive_module.TRIM)  # one cut, not three
+    assert factor == pytest.approx(1 - adaptive_module.TRIM)  # one cut, not four
 
 
 def test_a_bare_429_pauses_one_interval_doubling_while_they_keep_coming() -> None:
@@ -286,15 +289,17 @@ def test_a_bare_429_pauses_one_interval_doubling_while_they_keep_coming() -> Non
         return pauses
 
     pauses = anyio.run(main)
-    interval = 1 / (10 * (1 - adaptive_module.TRIM))  # the first 429 trimmed the pace
-    assert pauses == pytest.approx([interval, 2 * interval, 4 * interval, interval], rel=0.05)
+    trimmed = 1 / (10 * (1 - adaptive_module.TRIM))  # the second 429 in a row trimmed the pace
+    assert pauses == pytest.approx([0.1, 0.2, 0.4, trimmed], rel=0.05)
 
 
 def test_a_configured_pace_is_trimmed_by_a_429_and_grows_back_with_answers() -> None:
-    """A 429 takes TRIM off the pace; RECOVER_REPLIES answers later it is back at the configured rate."""
+    """A lone 429 cuts nothing; a second takes TRIM off the pace; RECOVER_REPLIES answers later it is back."""
     trim = RateTrim()
     for i in range(100):
         trim.on_success(i * 0.01)
+    assert not trim.on_rate_limited(sent_at=0.5, now=1.0)  # one 429 in a hundred replies: jitter
+    assert trim.factor == 1.0
     assert trim.on_rate_limited(sent_at=1.0, now=1.0)
     assert trim.factor == pytest.approx(0.99)
     assert not trim.on_rate_limited(sent_at=0.99, now=1.5)  # sent before the cut
@@ -310,7 +315,8 @@ def test_a_configured_pace_is_trimmed_by_a_429_and_grows_back_with_answers() -> 
 def test_a_pace_far_above_the_limit_is_cut_by_the_share_refused() -> None:
     """When a fifth of the replies to requests sent since the last cut were 429s, a cut takes a fifth off."""
     trim = RateTrim()
-    assert trim.on_rate_limited(sent_at=0.0, now=0.0)  # the first 429: nothing measured yet, 1% off
+    trim.on_rate_limited(sent_at=0.0, now=0.0)
+    assert trim.on_rate_limited(sent_at=0.0, now=0.0)  # two 429s at once: nothing measured yet, 1% off
     before = trim.factor
     assert before == pytest.approx(0.99)
     for i in range(40):  # fewer than TRIM_REPLIES: no cut before the second is up
@@ -330,9 +336,10 @@ def test_replies_to_requests_sent_before_a_cut_do_not_count_toward_the_next() ->
     """After a cut, the refusals of requests sent at the old pace are not held against the new one."""
     trim = RateTrim()
     for i in range(50):
-        trim.on_rate_limited(sent_at=-0.5 + i / 100, now=0.0 + i / 1000)  # the first cuts, at 0.0
+        trim.on_rate_limited(sent_at=-0.5 + i / 100, now=0.0 + i / 1000)  # the second cuts, at 0.001
     for i in range(50):
         trim.on_success(0.1 + i / 100)  # sent after the cut: all answered
+    trim.on_rate_limited(sent_at=1.1, now=1.1)
     assert trim.on_rate_limited(sent_at=1.1, now=1.1)
     assert trim.factor == pytest.approx(0.99 * 0.99, rel=0.01)  # two cuts of TRIM, not one of ~half
 
@@ -372,6 +379,7 @@ def test_a_limit_announced_in_headers_is_adopted_when_none_is_configured() -> No
 def test_enough_fresh_replies_allow_a_cut_within_the_second() -> None:
     """At a high rate a cut need not wait a second: TRIM_REPLIES replies since the last cut are enough."""
     trim = RateTrim()
+    trim.on_rate_limited(sent_at=0.0, now=0.0)
     assert trim.on_rate_limited(sent_at=0.0, now=0.0)
     for i in range(adaptive_module.TRIM_REPLIES - 2):
         trim.on_success(0.001 * (i + 1))

@@ -4,8 +4,9 @@ A configured (or announced) rate is taken as a ceiling, not as gospel: the provi
 enforce it over a stricter window, or share it with another job. `RateTrim` cuts the pace a little on a
 429 and lets it creep back while requests succeed, so a rate slightly above the real one converges just
 under it instead of oscillating. It grows back by answers, not by time, so a 429 costs the same share of
-requests at any rate. The cut is at least `TRIM`, more when a larger share of the replies to requests
-sent since the last cut were refused (a rate 25% too high is cut close to the limit in a step or two).
+requests at any rate. A lone 429 among the last `REPLY_MEMORY` replies cuts nothing (jitter at a window's
+edge); otherwise the cut is at least `TRIM`, more when a larger share of the replies to requests sent since
+the last cut were refused (a rate 25% too high is cut close to the limit in a step or two).
 
 With no rate known, `AdaptiveLimit` starts at the full concurrency (against a provider with room to spare it
 costs nothing) and learns from 429s: concurrency follows AIMD (a 429 cuts it by `CUT`, answers grow it by
@@ -25,7 +26,9 @@ TRIM = 0.01  # the least share of a configured pace a 429 cuts
 MAX_TRIM = 0.5  # the most one cut takes
 TRIM_GAP_S = 1.0  # one cut a second at most: the refusals of one overfull window are one signal ...
 TRIM_REPLIES = 100  # ... unless this many replies to requests sent since the last cut came sooner
-RECOVER_REPLIES = 250  # answers it takes to win back one TRIM: at most one 429 in ~this many, at any rate
+REPLY_MEMORY = 200  # the replies a cut weighs: two 429s among them cut, a lone one does not
+MIN_SAMPLE = 20  # fewer replies than this since the last cut: cut by TRIM, whatever share was refused
+RECOVER_REPLIES = 1000  # answers it takes to win back one TRIM: the 429s it costs are a share of the answers
 
 CUT = 0.7  # concurrency kept after a 429
 RATE_MARGIN = 0.95  # the discovered pace after a 429, as a share of the success rate measured
@@ -44,13 +47,18 @@ class RateTrim:
     def __init__(self) -> None:
         self.factor = 1.0
         self._cut_at = -float("inf")
-        self._replies = 0  # replies to requests sent since the last cut ...
-        self._refused = 0  # ... and how many of them were 429s
+        # The last REPLY_MEMORY replies to requests sent since the last cut: was each a 429?
+        self._replies: collections.deque[bool] = collections.deque(maxlen=REPLY_MEMORY)
+        self._refused = 0
 
     def _note(self, sent_at: float, refused: bool) -> None:
-        if sent_at >= self._cut_at:  # replies to requests sent at the old pace say nothing of the new
-            self._replies += 1
-            self._refused += refused
+        if sent_at < self._cut_at:
+            return  # a reply to a request sent at the old pace says nothing of the new
+        replies = self._replies
+        if len(replies) == replies.maxlen:
+            self._refused -= replies[0]
+        replies.append(refused)
+        self._refused += refused
 
     def on_success(self, sent_at: float) -> bool:
         """A request was answered: creep back toward the full rate. True when the factor changed.
@@ -65,20 +73,26 @@ class RateTrim:
         return True
 
     def on_rate_limited(self, sent_at: float, now: float) -> bool:
-        """A 429: cut the factor, unless the request was sent before the last cut. True when cut."""
+        """A 429: cut the factor, unless it is a lone one or its request was sent before the last cut.
+
+        True when cut.
+        """
         self._note(sent_at, refused=True)
-        if sent_at < self._cut_at:
+        if sent_at < self._cut_at or self._refused < 2:
+            # A lone 429 among the last replies is jitter at the edge of a window (a stall of this machine,
+            # a late packet), not a rate too high: cutting on each one sagged a run under load by 7%.
             return False
-        if now - self._cut_at < TRIM_GAP_S and self._replies < TRIM_REPLIES:
+        if now - self._cut_at < TRIM_GAP_S and len(self._replies) < TRIM_REPLIES:
             return False
         # The share refused beyond this one, of the replies to requests sent since the last cut (at least a
-        # second's worth: against a window, refusals come in clusters as it fills): one refusal among them
-        # is jitter at the edge of a window, not a measure of how far over the limit the run is; a rate
-        # 25% too high is cut close to the limit in a step or two.
-        excess = (self._refused - 1) / self._replies
+        # second's worth: against a window, refusals come in clusters as it fills): a rate 25% too high is
+        # cut close to the limit in a step or two.
+        replies = len(self._replies)
+        excess = (self._refused - 1) / replies if replies >= MIN_SAMPLE else 0.0  # a share of few says little
         self.factor *= 1 - min(MAX_TRIM, max(TRIM, excess))
         self._cut_at = now
-        self._replies = self._refused = 0
+        self._replies.clear()
+        self._refused = 0
         return True
 
 
