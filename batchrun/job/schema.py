@@ -29,6 +29,7 @@ from batchrun.errors import JobFileError
 from batchrun.inputs import wire
 from batchrun.job import matrix, paths
 from batchrun.job.envvars import check_no_keys, expand_env
+from batchrun.job.shards import Shard
 from batchrun.providers import KINDS
 from batchrun.providers.presets import PRESETS
 
@@ -159,6 +160,14 @@ class OutputSection(_Section):
         return value
 
 
+class EngineSection(_Section):
+    """`[engine]`: what sends the requests: this process (`local`) or workers on a Ray cluster (`ray`)."""
+
+    kind: Literal["local", "ray"] = "local"
+    workers: int | None = Field(default=None, ge=1, le=4096)  # Ray's sending processes; None: its CPUs
+    address: str | None = None  # Ray: None starts a local one; "auto" (or "ray://head:10001") joins one
+
+
 class Job(_Section):
     """A validated job: every section present, defaults filled, paths absolute."""
 
@@ -172,9 +181,11 @@ class Job(_Section):
     cache: CacheSection = CacheSection()
     output: OutputSection = OutputSection()
     matrix: dict[str, list[Any]] = Field(default_factory=dict)  # a sweep: see batchrun.job.matrix
+    engine: EngineSection = EngineSection()
     source: Path | None = Field(default=None, exclude=True)
     # The run's start: fills {date} and {datetime}. `--set started=2026-11-22` resumes or backfills that day.
     started: datetime = Field(default_factory=datetime.now, exclude=True)
+    shard: Shard | None = Field(default=None, exclude=True)  # `--shard I/N`: see batchrun.job.shards
 
     @field_validator("matrix", mode="before")
     @classmethod
