@@ -41,8 +41,10 @@ class RunContext:
         prices: PriceBook,
         run_dir: Path,
         cache: ResponseCache | None = None,
+        base_url: str | None = None,
     ) -> None:
         self.job = job
+        self.base_url = base_url  # where requests go (the emulator's port, for its preset): remote engines
         self.provider = provider
         self.prices = prices
         self.cache = cache

@@ -158,7 +158,7 @@ async def _run_async(
             provider = make_provider(
                 job.provider.kind, base_url, key, job.provider.headers, job.provider.auth
             )
-            context = RunContext(job, provider, prices, store.dir, cache)
+            context = RunContext(job, provider, prices, store.dir, cache, base_url)
             run = Run(context, prompts, store, observers)
             return await run.run(fresh=fresh, transport=transport)
     except Exception as exc:
@@ -174,6 +174,10 @@ async def _run_async(
 
 def make_engine(context: RunContext, transport: httpx.AsyncBaseTransport | None) -> Engine:
     """The engine the job asks for."""
+    if context.job.engine.kind == "ray":
+        from batchrun.engines.ray import RayEngine  # Ray is an optional extra: imported only here
+
+        return RayEngine(context, transport)
     from batchrun.engines.live import LiveEngine
 
     return LiveEngine(context, transport)
