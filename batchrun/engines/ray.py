@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from batchrun.engines.channels import receive
+from batchrun.engines.rayworker import (
+    DeskActor,
+    Shipment,
+    WorkerActor,
+    WorkerSetup,
+    pack_requests,
+    unpack_results,
+)
 from batchrun.errors import BatchrunError, UsageError
 from batchrun.records import Request, Result
 
@@ -42,11 +51,11 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from batchrun.engines.base import RunContext
-    from batchrun.engines.rayworker import Shipment
     from batchrun.report.progress import Snapshot
 
 NAMESPACE = "batchrun"  # where the engine's named actors live (`ray list actors`)
 BLOCK_MAX = 256  # requests handed to a worker in one call at most
+SHIPMENTS_AHEAD = 16  # results messages a worker may send before the driver has read them
 DRAIN_SECONDS = 30.0  # the live engine's grace for requests in flight after an interrupt
 
 log = logging.getLogger("batchrun")
@@ -118,8 +127,15 @@ class RayEngine:
         """Start the cluster's workers, feed them blocks, pass their results on; stop them at the end."""
         async with requests, results:
             try:
+                started = time.monotonic()
                 await anyio.to_thread.run_sync(self._connect)
                 await self._start_actors()
+                log.info(
+                    "Ray: %d workers ready in %.1f s (%d in flight each at most)",
+                    len(self.workers),
+                    time.monotonic() - started,
+                    -(-self.job.limits.concurrency // len(self.workers)),
+                )
                 async with anyio.create_task_group() as tg:
                     for worker in self.workers:
                         tg.start_soon(self._collect, worker, results.clone())
@@ -164,14 +180,20 @@ class RayEngine:
         # Called from a thread, so Ray leaves SIGTERM to the run (a graceful stop); its start-up notices
         # (that it did so, a token made for the local cluster) are not the user's concern: warnings after
         # it are.
-        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
+        try:
+            ray.init(
+                address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True
+            )
+        except (ConnectionError, ValueError) as exc:  # no cluster there, or an address that is none
+            raise UsageError(
+                f"{self.job.source}: [engine] address = {address!r}: no Ray cluster to join there ({exc}). "
+                "Start one (`ray start --head`), or leave address out to start a local one. Nothing was sent."
+            ) from None
         logging.getLogger("ray").setLevel(logging.WARNING)
         self._started_ray = True
 
     async def _start_actors(self) -> None:
         """The desk and the workers, each worker's key read and engine built before anything is sent."""
-        from batchrun.engines.rayworker import DeskActor, WorkerActor, WorkerSetup
-
         ray, job, context = self.ray, self.job, self.context
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         concurrency = job.limits.concurrency
@@ -205,13 +227,20 @@ class RayEngine:
             self._actors.append(handle)
             self.workers.append(_Worker(index, handle))
         for worker in self.workers:
+            where = f"Ray worker {worker.index + 1} of {count}"
             try:
                 await worker.handle.start.remote()
             except ray.exceptions.RayTaskError as exc:
                 cause = getattr(exc, "cause", None)
                 if isinstance(cause, BatchrunError):
-                    raise type(cause)(f"{cause} (on Ray worker {worker.index + 1} of {count})") from None
+                    raise type(cause)(f"{cause} (on {where})") from None
                 raise
+            except ray.exceptions.RayActorError as exc:  # it could not even start (batchrun not installed?)
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise UsageError(
+                    f"{where} could not start ({first}); is batchrun installed on every node "
+                    "(pip install 'batchrun[ray]', or a runtime_env)? Nothing was sent."
+                ) from None
 
     def _release(self) -> None:
         """Stop the actors; stop Ray too when this run started it."""
@@ -241,7 +270,7 @@ class RayEngine:
                 if not block:
                     break
                 worker.held += len(block)
-                if not await self._call(worker, worker.handle.take, block):
+                if not await self._call(worker, worker.handle.take, pack_requests(block)):
                     break
             if worker.alive:
                 await self._call(worker, worker.handle.finish)
@@ -250,7 +279,10 @@ class RayEngine:
         """Pass `worker`'s results on to the run's writer as they come, until its stream ends."""
         ray = self.ray
         async with results:
-            stream = worker.handle.results.options(num_returns="streaming").remote()
+            # A few messages ahead at most: a driver slow to journal holds the workers back, not its memory.
+            stream = worker.handle.results.options(
+                num_returns="streaming", _generator_backpressure_num_objects=SHIPMENTS_AHEAD
+            ).remote()
             try:
                 async for ref in stream:
                     await self._receive(worker, await ref, results)
@@ -268,7 +300,8 @@ class RayEngine:
         self, worker: _Worker, shipment: Shipment, results: MemoryObjectSendStream[Result]
     ) -> None:
         context = self.context
-        for result in shipment.results:
+        results_in = unpack_results(shipment.results)
+        for result in results_in:
             request, reserved = self._handed.pop(result.custom_id)
             context.settle(reserved, result.budget_usd)
             if request is not None:
@@ -278,7 +311,7 @@ class RayEngine:
             except anyio.WouldBlock:
                 with anyio.CancelScope(shield=True):  # a stop must not drop an answer already paid for
                     await results.send(result)
-        worker.held -= len(shipment.results)
+        worker.held -= len(results_in)
         context.counters.sent += shipment.sent
         worker.in_flight, worker.waiting = shipment.in_flight, shipment.waiting
         worker.pace_per_s = shipment.pace_per_s

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import operator
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import orjson
 
 from batchrun.engines.base import RunContext
 from batchrun.engines.channels import send
@@ -32,15 +34,43 @@ from batchrun.money.budget import Budget
 from batchrun.money.pricing import PriceBook
 from batchrun.net.endpoint import api_key
 from batchrun.providers import make_provider
+from batchrun.records import Request, Result
 from batchrun.redact import hiding, secrets_of
+from batchrun.store.journal import RESULT_FIELDS
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from batchrun.job.schema import Job, LimitsSection
-    from batchrun.records import Request, Result
 
 SHIP_MAX = 2_000  # results in one message to the driver at most
+_RESULT_VALUES = operator.attrgetter(*RESULT_FIELDS)
+
+# Requests and results cross between processes as tuples of plain values: pickled in C, where Ray's
+# pickling of the dataclasses (cloudpickle, a field at a time) was most of the driver's CPU.
+PackedRequest = tuple[str, bytes, int, int]
+PackedResult = tuple[Any, ...]
+
+
+def pack_requests(requests: list[Request]) -> list[PackedRequest]:
+    """Requests as tuples of plain values; the body travels as its canonical bytes (`Request.payload`)."""
+    return [(r.custom_id, r.payload, r.est_prompt_tokens, r.est_output_tokens) for r in requests]
+
+
+def unpack_requests(packed: list[PackedRequest]) -> list[Request]:
+    """The requests `pack_requests` packed (the body parsed back from its canonical bytes)."""
+    return [Request(cid, orjson.loads(payload), payload, est, out) for cid, payload, est, out in packed]
+
+
+def pack_results(results: list[Result]) -> list[PackedResult]:
+    """Results as tuples of their fields' values."""
+    return [_RESULT_VALUES(result) for result in results]
+
+
+def unpack_results(packed: list[PackedResult]) -> list[Result]:
+    """The results `pack_results` packed."""
+    return [Result(*values) for values in packed]
+
 
 log = logging.getLogger("batchrun")
 
@@ -61,7 +91,7 @@ class WorkerSetup:
 class Shipment:
     """What a worker sends the driver: the results ready, and its counts since the last shipment."""
 
-    results: list[Result]
+    results: list[PackedResult]  # `unpack_results`
     sent: int  # attempts made since the last shipment
     in_flight: int
     waiting: int
@@ -128,8 +158,8 @@ class WorkerActor:
         )
         self.engine = LiveEngine(context, limiter=limiter)
         queued = limits.concurrency
-        self._requests, requests = anyio.create_memory_object_stream["Request"](queued)
-        results, self._results = anyio.create_memory_object_stream["Result"](queued)
+        self._requests, requests = anyio.create_memory_object_stream[Request](queued)
+        results, self._results = anyio.create_memory_object_stream[Result](queued)
         secrets = secrets_of(key, setup.base_url, job.provider.headers)
         self._main = asyncio.get_running_loop().create_task(self._run(requests, results, secrets))
 
@@ -152,10 +182,11 @@ class WorkerActor:
                     await self.client.exchange()  # the last outcomes, for the desk's trims
                 tg.cancel_scope.cancel()
 
-    async def take(self, block: list[Request]) -> bool:
-        """Queue a block of requests (waiting while the queue is full); False once this worker stops."""
+    async def take(self, block: list[PackedRequest]) -> bool:
+        """Queue a block of requests (`pack_requests`), waiting while the queue is full; False once this
+        worker stops."""
         try:
-            for request in block:
+            for request in unpack_requests(block):
                 await send(self._requests, request)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return False
@@ -205,7 +236,7 @@ class WorkerActor:
         delta, self._sent = sent - self._sent, sent
         engine = self.engine
         return Shipment(
-            results,
+            pack_results(results),
             delta,
             engine.in_flight - engine.limiter.waiting,
             engine.limiter.waiting,

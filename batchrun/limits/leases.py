@@ -20,7 +20,7 @@ span as it starts on its last one, so the next is there when this one ends: one 
 request. Its outcomes travel with that call (a 429 at once, not waiting for the next
 span), and the answer carries the desk's cooldown, which holds the worker's pacers too.
 
-With no pace at all (nothing configured, announced or learned yet), a span is `LEASE_S` of time in which
+With no pace at all (nothing configured, announced or learned yet), a span is `OPEN_S` of time in which
 the worker sends as fast as its concurrency allows; its next call learns of any pace found meanwhile.
 
 Times travel as wall-clock time (`Clock`): monotonic clocks do not agree across hosts.
@@ -33,6 +33,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import anyio
 
@@ -43,8 +44,9 @@ from batchrun.providers.headers import NO_RATE_INFO, RateInfo
 from batchrun.records import Usage
 
 LEASE_S = 0.1  # the longest span of the schedule one lease covers
-REPORT_BATCH = 256  # outcomes held before they are sent without waiting for the next lease
-EPSILON = 1e-9  # seconds: a span's end reached by adding up intervals
+OPEN_S = 0.5  # with no pace, the time one lease covers (a pace found meanwhile waits this long at most)
+REPORT_BATCH = 1_000  # outcomes held before they are sent without waiting for the next lease
+EPSILON = 1e-7  # seconds: a span's end reached by adding intervals up may fall short of it by rounding
 SPEED_WEIGHT = 0.3  # how fast a worker's measured pace follows new leases
 
 
@@ -76,15 +78,19 @@ class Span:
     rate_per_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What one attempt taught, for the desk: a success (`usage`), a failure (`error_type`), or neither
-    (abandoned: the run is stopping). Times are wall-clock."""
+    (abandoned: the run is stopping). Times are wall-clock.
+
+    A named tuple, and its usage a plain tuple (`Usage`'s fields in order): every answer sends one to the
+    desk, and tuples pickle in C where dataclasses pickle a field at a time (measured: most of a worker's
+    cost of leasing).
+    """
 
     sent_at: float
     tokens: int
     est_prompt_tokens: int
-    usage: Usage | None = None
+    usage: tuple[int | None, int | None, int | None, int | None, int | None] | None = None
     rate: RateInfo | None = None  # None: the reply announced nothing
     error_type: str | None = None
     retry_after_s: float | None = None
@@ -102,11 +108,17 @@ class Ask:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """The desk's answer (wall-clock times): a span of each pace asked for, the cooldown, the pace now."""
+    """The desk's answer: a span of each pace asked for, its cooldown, its pace now.
 
+    The spans' times and the cooldown are seconds from `at`, the wall-clock time the desk answered: as
+    floats near 1.7e9, wall-clock times are good to a fraction of a microsecond, too coarse to say which
+    of two takes ends a span; offsets keep a span's length exact.
+    """
+
+    at: float
     requests: Span | None
     tokens: Span | None
-    hold_until: float
+    hold_s: float
     pace_per_s: float | None
 
 
@@ -131,30 +143,27 @@ class LeaseDesk:
         tokens = None
         if ask.tokens > 0:
             if limiter.tokens is None:  # no token limit: a stretch of time without one
-                tokens = self._wall(Span(now, now + LEASE_S, math.inf))
+                tokens = Span(0.0, OPEN_S, math.inf)
             else:
                 tokens = self._grant(limiter.tokens, ask.tokens, now)
         requests = None
         if ask.requests > 0:
             requests = self._grant(limiter.requests, ask.requests, now, whole=True)
-        hold = clock.to_wall(now + limiter.cooldown_left_s)
-        return Grant(requests, tokens, hold, limiter.pace_per_s)
+        return Grant(clock.to_wall(now), requests, tokens, limiter.cooldown_left_s, limiter.pace_per_s)
 
     def _grant(self, pacer: Pacer, amount: float, now: float, *, whole: bool = False) -> Span:
-        """A span of `pacer`'s schedule for `amount` (at most `LEASE_S` of it; `whole`: a whole number of
-        units, so that takes of one unit fill it exactly); with no pace, `LEASE_S` of time."""
+        """A span of `pacer`'s schedule for `amount`, in seconds from `now` (at most `LEASE_S` of it;
+        `whole`: a whole number of units, which takes of one unit fill exactly); with no pace, `OPEN_S` of
+        time."""
         rate = pacer.rate_per_s
         if math.isinf(rate):
-            start = pacer.lease(0, now)  # after a cooldown's hold, if one is on
-            return self._wall(Span(start, start + LEASE_S, rate))
+            start = pacer.lease(0, now) - now  # after a cooldown's hold, if one is on
+            return Span(start, start + OPEN_S, rate)
         amount = min(amount, rate * LEASE_S)
         if whole:
             amount = max(1.0, math.floor(amount))
-        start = pacer.lease(amount, now)
-        return self._wall(Span(start, start + amount / rate, rate))
-
-    def _wall(self, span: Span) -> Span:
-        return Span(self.clock.to_wall(span.start), self.clock.to_wall(span.end), span.rate_per_s)
+        start = pacer.lease(amount, now) - now
+        return Span(start, start + amount / rate, rate)
 
     def _learn(self, outcome: Outcome) -> None:
         """Feed one outcome to the limiter, as the worker's own attempt would have in one process."""
@@ -162,7 +171,7 @@ class LeaseDesk:
         sent_at = self.clock.from_wall(outcome.sent_at)
         ticket = Ticket(outcome.tokens, sent_at, slot=False, est_prompt_tokens=outcome.est_prompt_tokens)
         if outcome.usage is not None:
-            limiter.on_success(ticket, outcome.usage, outcome.rate or NO_RATE_INFO)
+            limiter.on_success(ticket, Usage(*outcome.usage), outcome.rate or NO_RATE_INFO)
         elif outcome.error_type is not None:
             exc = ProviderError(
                 "reported by a worker",
@@ -210,6 +219,12 @@ class LeasedPacer(Pacer):
     def held(self) -> int:
         """Spans held after the one in use."""
         return len(self._spans)
+
+    @property
+    def last_end(self) -> float:
+        """The end of the last span held (-math.inf: none)."""
+        last = self._spans[-1] if self._spans else self._span
+        return last.end if last is not None else -math.inf
 
     def measure(self, elapsed_s: float) -> None:
         """Follow the pace of takes over the last `elapsed_s` seconds (`speed`)."""
@@ -344,19 +359,20 @@ class LeaseClient:
 
     def adopt(self, grant: Grant) -> None:
         """Hold the spans the desk granted (in local time) and its cooldown."""
-        clock = self.clock
-        now = clock.now()
+        at = self.clock.from_wall(grant.at)
         for pacer, span in ((self.requests, grant.requests), (self.tokens, grant.tokens)):
             if span is None:
                 continue
-            start, end = clock.from_wall(span.start), clock.from_wall(span.end)
+            start, end = at + span.start, at + span.end
             if math.isinf(span.rate_per_s):
-                end = max(end, now + LEASE_S)  # no pace: a slow answer must not leave no time at all
+                # No pace: a stretch of time no other worker is denied, so it may follow the last one held
+                # (one asked for while the last began would end with it) and outlast a slow answer.
+                start = max(start, pacer.last_end)
+                end = max(end, start + OPEN_S, self.clock.now() + OPEN_S)
             pacer.add(Span(start, end, span.rate_per_s))
-        hold = clock.from_wall(grant.hold_until)
-        if hold > now:
-            self.requests.hold_until(hold)
-            self.tokens.hold_until(hold)
+        if grant.hold_s > 0:
+            self.requests.hold_until(at + grant.hold_s)
+            self.tokens.hold_until(at + grant.hold_s)
         self.pace_per_s = grant.pace_per_s
 
 
@@ -392,7 +408,8 @@ class LeasedLimiter(Limiter):
         """The local limiter learns; the desk learns with the next call."""
         super().on_success(ticket, usage, rate)
         announced = None if rate == NO_RATE_INFO else rate
-        self.client.report(self._outcome(ticket, usage=usage, rate=announced))
+        used = (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens)
+        self.client.report(self._outcome(ticket, usage=(*used, usage.total_tokens), rate=announced))
 
     def on_failure(self, ticket: Ticket, exc: ProviderError, backoff_s: float) -> None:
         """The local limiter learns; a 429 goes to the desk at once (it slows every worker)."""
@@ -409,7 +426,7 @@ class LeasedLimiter(Limiter):
         self,
         ticket: Ticket,
         *,
-        usage: Usage | None = None,
+        usage: tuple[int | None, int | None, int | None, int | None, int | None] | None = None,
         rate: RateInfo | None = None,
         error_type: str | None = None,
         retry_after_s: float | None = None,
