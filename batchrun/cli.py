@@ -169,9 +169,14 @@ def run(
             log.error("%s", exc)
             sys.exit(exc.exit_code)
         summaries = [_run_one(one, stderr, limit, fresh, quiet, interval_s) for one in jobs]
+    _exit_with(summaries, as_json)
+
+
+def _exit_with(summaries: list[Summary], as_json: bool) -> NoReturn:
+    """Print the summaries (one JSON object, or a list for several jobs) and exit with the worst code."""
     if as_json:
         data = [s.as_dict() for s in summaries]
-        click.echo(json.dumps(data if len(jobs) > 1 else data[0], indent=2))
+        click.echo(json.dumps(data if len(data) > 1 else data[0], indent=2))
     else:
         click.echo("\n\n".join("\n".join(s.lines()) for s in summaries))
     sys.exit(max(s.exit_code for s in summaries))
@@ -359,12 +364,7 @@ def merge(
     except BatchrunError as exc:
         click.echo(f"batchrun: {exc}", err=True)
         sys.exit(exc.exit_code)
-    if as_json:
-        data = [s.as_dict() for s in summaries]
-        click.echo(json.dumps(data if len(data) > 1 else data[0], indent=2))
-    else:
-        click.echo("\n\n".join("\n".join(s.lines()) for s in summaries))
-    sys.exit(max(s.exit_code for s in summaries))
+    _exit_with(summaries, as_json)
 
 
 @main.command()

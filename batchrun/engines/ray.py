@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from batchrun.engines.channels import receive
+from batchrun.engines.channels import receive_batch
 from batchrun.engines.rayworker import (
     DeskActor,
     Shipment,
@@ -259,7 +259,7 @@ class RayEngine:
         keep = context.cache is not None
         async with requests:
             while worker.alive and not self._stopping:
-                block = await _next_block(requests, block_size)
+                block = await receive_batch(requests, block_size)
                 for position, request in enumerate(block):
                     reserved = context.reserve(request)
                     if reserved is None:  # the budget: the run drains, the rest is not sent
@@ -367,17 +367,3 @@ class RayEngine:
             if worker.alive:
                 call: Callable[[], Any] = getattr(worker.handle, method).remote
                 call()
-
-
-async def _next_block(requests: MemoryObjectReceiveStream[Request], size: int) -> list[Request]:
-    """Up to `size` requests: the next one (waiting for it), and those already queued behind it."""
-    first = await receive(requests)
-    if first is None:
-        return []
-    block = [first]
-    while len(block) < size:
-        try:
-            block.append(requests.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            break
-    return block

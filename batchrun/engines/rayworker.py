@@ -12,7 +12,6 @@ them; the worker keeps nothing, so a worker that dies loses only the requests it
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import operator
 import os
@@ -25,7 +24,7 @@ import anyio
 import orjson
 
 from batchrun.engines.base import RunContext
-from batchrun.engines.channels import send
+from batchrun.engines.channels import receive_batch, send
 from batchrun.engines.gctuning import quiet_gc
 from batchrun.engines.live import LiveEngine
 from batchrun.limits.leases import Ask, Grant, LeaseClient, LeaseDesk, LeasedLimiter
@@ -70,9 +69,6 @@ def pack_results(results: list[Result]) -> list[PackedResult]:
 def unpack_results(packed: list[PackedResult]) -> list[Result]:
     """The results `pack_results` packed."""
     return [Result(*values) for values in packed]
-
-
-log = logging.getLogger("batchrun")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,18 +211,8 @@ class WorkerActor:
         Raises what stopped the engine when it failed (the desk gone, a bug).
         """
         assert self._main is not None, "start() first"
-        stream = self._results
-        async with stream:
-            while True:
-                try:
-                    batch = [await stream.receive()]
-                except anyio.EndOfStream:
-                    break
-                while len(batch) < SHIP_MAX:
-                    try:
-                        batch.append(stream.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
+        async with self._results:
+            while batch := await receive_batch(self._results, SHIP_MAX):
                 yield self._shipment(batch)
         await self._main
         yield self._shipment([], self.context.stop_reason)
