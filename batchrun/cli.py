@@ -135,6 +135,19 @@ def _job_options(command: Callable[..., Any]) -> Callable[..., Any]:
     type=click.FloatRange(min=0.01),
     help="Seconds between progress lines when stderr is not a terminal (and in the log file).",
 )
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Run only shard I (from 0) of N, into its own output (x.shard-I-of-N.parquet); I may name an "
+    "environment variable, e.g. JOB_COMPLETION_INDEX/4. `batchrun merge` joins the shards.",
+)
+@click.option(
+    "--shard-limits",
+    type=click.Choice(["divided", "whole"]),
+    default="divided",
+    show_default=True,
+    help="A shard runs at 1/N of the RPM/TPM limits, or at the whole limits (each shard has its own key).",
+)
 def run(
     job_file: Path,
     input_path: Path | None,
@@ -145,6 +158,8 @@ def run(
     as_json: bool,
     quiet: bool,
     interval_s: float,
+    shard: str | None,
+    shard_limits: str,
 ) -> None:
     """Run JOB_FILE: send every row, write the output Parquet, print a summary.
 
@@ -164,17 +179,33 @@ def run(
     with runlog.stderr_logging(sys.stderr, quiet=quiet) as stderr:
         try:
             job = load_job(job_file, overrides, input_path=input_path, output_path=output_path)
+            if shard is not None:
+                job = _shard(job, shard, shard_limits)
             jobs = split(job)  # one per variant when the output path has {variant}
         except BatchrunError as exc:
             log.error("%s", exc)
             sys.exit(exc.exit_code)
         summaries = [_run_one(one, stderr, limit, fresh, quiet, interval_s) for one in jobs]
+    _exit_with(summaries, as_json)
+
+
+def _exit_with(summaries: list[Summary], as_json: bool) -> NoReturn:
+    """Print the summaries (one JSON object, or a list for several jobs) and exit with the worst code."""
     if as_json:
         data = [s.as_dict() for s in summaries]
-        click.echo(json.dumps(data if len(jobs) > 1 else data[0], indent=2))
+        click.echo(json.dumps(data if len(data) > 1 else data[0], indent=2))
     else:
         click.echo("\n\n".join("\n".join(s.lines()) for s in summaries))
     sys.exit(max(s.exit_code for s in summaries))
+
+
+def _shard(job: Job, spec: str, limits: str) -> Job:
+    """`job` as the shard `spec` (`I/N`) runs it."""
+    import os
+
+    from batchrun.job.shards import parse_shard, shard_job
+
+    return shard_job(job, parse_shard(spec, os.environ), divide_limits=limits == "divided")
 
 
 def _run_one(
@@ -435,6 +466,38 @@ def cancel(job_file: Path, output_path: Path | None, overrides: tuple[str, ...])
         click.echo(f"no batches of {job.output_path} are running")
     for info in cancelled:
         click.echo(f"{info.id}: {info.status}")
+
+
+@main.command()
+@_job_options
+@click.option("--shards", "count", type=click.IntRange(min=1), help="N, when shards of several counts exist.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def merge(
+    job_file: Path,
+    input_path: Path | None,
+    output_path: Path | None,
+    limit: int | None,
+    overrides: tuple[str, ...],
+    count: int | None,
+    as_json: bool,
+) -> None:
+    """Write JOB_FILE's output from its shards' outputs (`run --shard I/N`), as one run would have.
+
+    Give the options the shards ran with (--set, --input, --limit). Exit codes: 0 every row ok, 1 some rows
+    failed, 2 a shard is missing (named), still running, or does not match the input, 3 some rows pending.
+    """
+    from batchrun.errors import BatchrunError
+    from batchrun.job.schema import load_job
+    from batchrun.job.sweep import split
+    from batchrun.store.merge import merge_shards
+
+    try:
+        job = load_job(job_file, overrides, input_path=input_path, output_path=output_path)
+        summaries = [merge_shards(one, count=count, limit=limit) for one in split(job)]
+    except BatchrunError as exc:
+        click.echo(f"batchrun: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    _exit_with(summaries, as_json)
 
 
 @main.command()

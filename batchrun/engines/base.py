@@ -52,7 +52,9 @@ class RunContext:
         self.prices = prices
         self.cache = cache
         self.run_dir = run_dir
-        self.base_url = base_url  # the endpoint's base, for engines that call more than chat (Batch APIs)
+        # The endpoint's base (the emulator's port, for its preset): for engines that call more than chat
+        # (Batch APIs) or send from other processes (Ray workers).
+        self.base_url = base_url
         self.api_key = api_key
         # Set by the run before the engine starts: rows answered by earlier runs, and a way to render
         # given rows again (an engine that must resend rows it no longer holds, e.g. a batch that expired).

@@ -41,3 +41,18 @@ async def receive(stream: MemoryObjectReceiveStream[T]) -> T | None:
             return None
     except anyio.EndOfStream:
         return None
+
+
+async def receive_batch(stream: MemoryObjectReceiveStream[T], most: int) -> list[T]:
+    """The next item (waiting for it) and up to `most - 1` more already waiting behind it; [] once the
+    stream ends. One message for all that is ready: a block of requests, a shipment of results."""
+    first = await receive(stream)
+    if first is None:
+        return []
+    batch = [first]
+    while len(batch) < most:
+        try:
+            batch.append(stream.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            break
+    return batch

@@ -37,11 +37,17 @@ log = logging.getLogger("batchrun")
 class LiveEngine:
     """Sends every request it is given through one provider, `concurrency` at a time, within the limits."""
 
-    def __init__(self, context: RunContext, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        context: RunContext,
+        transport: httpx.AsyncBaseTransport | None = None,
+        limiter: Limiter | None = None,
+    ) -> None:
+        """`limiter`: another than the run's own (a Ray worker's leases the schedule of the whole cluster)."""
         self.context = context
         limits = context.job.limits
         self.limits = limits
-        self.limiter = Limiter(
+        self.limiter = limiter or Limiter(
             concurrency=limits.concurrency,
             requests_per_minute=limits.requests_per_minute,
             tokens_per_minute=limits.tokens_per_minute,

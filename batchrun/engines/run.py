@@ -154,11 +154,16 @@ async def _run_async(
 
 
 def make_engine(context: RunContext, transport: httpx.AsyncBaseTransport | None) -> Engine:
-    """The engine the job asks for: a provider's Batch API (`[batch] enabled`), or live requests."""
+    """The engine the job asks for: a provider's Batch API (`[batch] enabled`), a Ray cluster
+    (`[engine] kind = "ray"`), or live requests from this process."""
     if context.job.batch.enabled:
         from batchrun.engines.batch import BatchEngine
 
         return BatchEngine(context, transport)
+    if context.job.engine.kind == "ray":
+        from batchrun.engines.ray import RayEngine  # Ray is an optional extra: imported only here
+
+        return RayEngine(context, transport)
     from batchrun.engines.live import LiveEngine
 
     return LiveEngine(context, transport)

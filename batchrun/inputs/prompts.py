@@ -193,7 +193,10 @@ class PromptSet:
                 raise InputError(self.path, f"{role} {{{column}}} is not a column; columns: {have}{hint}")
 
     def count_rows(self) -> int | None:
-        """The number of rows to run (after `limit`), or None when the input cannot be counted."""
+        """The number of rows to run (after `limit`), or None when the input cannot be counted (or a shard
+        runs: only rendering tells which rows are its own)."""
+        if self.job.shard is not None:
+            return None
         return self.rows if self.rows is not None else self.reader.count_rows()
 
     def slices(self) -> Iterator[Slice]:
@@ -221,10 +224,19 @@ class PromptSet:
             yield self.render(batch.piece(start, RENDER_ROWS))
 
     def render(self, batch: Batch) -> Slice:
-        """Rows rendered into requests; a bad row becomes an error result, or is left out (`skip`)."""
-        if self.batch_lines:
-            return self._render_batch_lines(batch)
-        return self._render_rows(batch)
+        """Rows rendered into requests; a bad row becomes an error result, or is left out (`skip`).
+
+        A shard's run (`--shard I/N`) keeps only the rows whose `custom_id` falls in its shard.
+        """
+        rendered = self._render_batch_lines(batch) if self.batch_lines else self._render_rows(batch)
+        shard = self.job.shard
+        if shard is None:
+            return rendered
+        import polars as pl
+
+        keep = [shard.holds(item.custom_id) for item in rendered.items]
+        items = [item for item, kept in zip(rendered.items, keep, strict=True) if kept]
+        return Slice(rendered.frame.filter(pl.Series(keep, dtype=pl.Boolean)), items, rendered.part)
 
     def bad_rows(self, batch: Batch) -> Iterator[BadRow]:
         """The rows of `batch` that cannot be sent, found as `render` finds them, without rendering."""

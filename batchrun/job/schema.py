@@ -30,6 +30,7 @@ from batchrun.errors import JobFileError
 from batchrun.inputs import wire
 from batchrun.job import matrix, paths
 from batchrun.job.envvars import check_no_keys, expand_env
+from batchrun.job.shards import Shard
 from batchrun.providers import KINDS
 from batchrun.providers.headers import parse_duration
 from batchrun.providers.presets import PRESETS
@@ -196,6 +197,14 @@ class OutputSection(_Section):
         return value
 
 
+class EngineSection(_Section):
+    """`[engine]`: what sends the requests: this process (`local`) or workers on a Ray cluster (`ray`)."""
+
+    kind: Literal["local", "ray"] = "local"
+    workers: int | None = Field(default=None, ge=1, le=4096)  # Ray's sending processes; None: its CPUs
+    address: str | None = None  # Ray: None starts a local one; "auto" (or "ray://head:10001") joins one
+
+
 class Job(_Section):
     """A validated job: every section present, defaults filled, paths absolute."""
 
@@ -210,9 +219,11 @@ class Job(_Section):
     output: OutputSection = OutputSection()
     batch: BatchSection = BatchSection()
     matrix: dict[str, list[Any]] = Field(default_factory=dict)  # a sweep: see batchrun.job.matrix
+    engine: EngineSection = EngineSection()
     source: Path | None = Field(default=None, exclude=True)
     # The run's start: fills {date} and {datetime}. `--set started=2026-11-22` resumes or backfills that day.
     started: datetime = Field(default_factory=datetime.now, exclude=True)
+    shard: Shard | None = Field(default=None, exclude=True)  # `--shard I/N`: see batchrun.job.shards
 
     @field_validator("matrix", mode="before")
     @classmethod
@@ -244,6 +255,11 @@ class Job(_Section):
             raise ValueError("[provider] model is required (the request's model)")
         if paths.VARIANT in str(self.output.path) and not self.matrix:
             raise ValueError("output.path: {variant} names a sweep's variant; this job has no [matrix]")
+        if self.batch.enabled and self.engine.kind != "local":
+            # The provider runs a batch: a cluster would only upload it. Say so rather than pick one.
+            raise ValueError(
+                '[batch] enabled needs no cluster (the provider runs the batch): set [engine] kind = "local"'
+            )
         return self
 
     @property

@@ -60,7 +60,9 @@ def variants(job: Job) -> list[Variant]:
             data[section][key] = value
         data["output"]["path"] = paths.fill_variant(str(data["output"]["path"]), combo.name)
         try:
-            variant_job = Job.model_validate({**data, "source": job.source, "started": job.started})
+            variant_job = Job.model_validate(
+                {**data, "source": job.source, "started": job.started, "shard": job.shard}
+            )
         except ValidationError as exc:
             message = _format_validation_error(exc).removeprefix("invalid job file:\n  ")
             raise JobFileError(where, f"variant {combo.name}: {message}", key="matrix") from None

@@ -49,6 +49,16 @@ class Pacer:
             while (wait := self.reserve(amount, time.monotonic())) > 0:  # noqa: ASYNC110
                 await anyio.sleep(wait)
 
+    def lease(self, amount: float, now: float) -> float:
+        """Take `amount` at once for a holder that spaces it out itself (`batchrun.limits.leases`); return
+        when its stretch of the schedule (`amount / rate_per_s` long) begins.
+
+        It begins at `now` at the earliest: unlike a take, a lease catches nothing up.
+        """
+        start = max(self._next, now)
+        self._next = start + amount / self.rate_per_s
+        return start
+
     def hold_until(self, when: float) -> None:
         """Nothing goes before `when` (a cooldown); what was not sent meanwhile is not made up for."""
         self._next = max(self._next, when)

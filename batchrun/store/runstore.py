@@ -43,6 +43,7 @@ __all__ = [
     "Assembly",
     "FinishedIds",
     "RunStore",
+    "publish",
     "result_schema",
     "run_folder",
     "run_lock",
@@ -322,7 +323,7 @@ class RunStore:
                     if memory_mb >= ASSEMBLE_MEMORY_MAX_MB:
                         raise
                     memory_mb *= 4
-            _publish(tmp, self.output)
+            publish(tmp, self.output)
         finally:
             tmp.unlink(missing_ok=True)
         return self.output
@@ -363,14 +364,14 @@ class RunStore:
         self.output.parent.mkdir(parents=True, exist_ok=True)
         try:
             pl.DataFrame(schema=schema).write_parquet(tmp)
-            _publish(tmp, self.output)
+            publish(tmp, self.output)
         finally:
             tmp.unlink(missing_ok=True)
         self.assembly = Assembly(self.output, 0, 0, 0)
         return self.output
 
 
-def _publish(tmp: Path, output: Path) -> None:
+def publish(tmp: Path, output: Path) -> None:
     """Rename a finished file into place; a rename only publishes what reached the disk, so sync first."""
     fd = os.open(tmp, os.O_RDONLY)
     try:

@@ -1,0 +1,215 @@
+"""Leases: several workers' pacers share the desk's one schedule (the Ray engine's global rate limit)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+
+import anyio
+import pytest
+
+from batchrun.errors import ErrorClass, ProviderError
+from batchrun.limits.leases import (
+    LEASE_S,
+    OPEN_S,
+    Ask,
+    Clock,
+    Grant,
+    LeaseClient,
+    LeaseDesk,
+    LeasedLimiter,
+    LeasedPacer,
+    Outcome,
+    Span,
+)
+from batchrun.limits.pacing import Limiter, Ticket
+from batchrun.providers.headers import NO_RATE_INFO
+from batchrun.records import Usage
+
+
+class FakeClock(Clock):
+    """A clock that moves only when told to, and whose wall time is its monotonic time."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        """The time set."""
+        return self.t
+
+    def to_wall(self, moment: float) -> float:
+        """The same time."""
+        return moment
+
+    def from_wall(self, moment: float) -> float:
+        """The same time."""
+        return moment
+
+
+async def never(_: Ask) -> Grant:
+    """A desk that is never called."""
+    raise AssertionError("the desk was called")
+
+
+def simulate(
+    desk: LeaseDesk, clients: list[LeaseClient], clock: FakeClock, sends: int
+) -> list[tuple[float, int]]:
+    """Every worker always has a request waiting: who sends when, as the shared schedule lets them.
+
+    A lease is answered at once (a call that takes no time); time jumps to the next turn.
+    """
+    sent: list[tuple[float, int]] = []
+    while len(sent) < sends:
+        waits = []
+        for worker, client in enumerate(clients):
+            while True:
+                wait = client.requests.reserve(1, clock.t)
+                if not client.wanted:
+                    break
+                client.adopt(desk.lease(client.next_ask()))
+                if wait == 0:
+                    break  # it went; the lease was for its next span
+            if wait == 0:
+                sent.append((clock.t, worker))
+            waits.append(wait)
+        if 0 not in waits:
+            clock.t += min(waits)
+    return sent
+
+
+@pytest.mark.parametrize(("workers", "per_s"), [(2, 50.0), (4, 50.0), (2, 15.0), (4, 12.5)])
+def test_workers_sharing_the_desk_send_on_one_even_schedule(workers: int, per_s: float) -> None:
+    """Together the workers send exactly as one pacer would: evenly spaced at the rate, each its share."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=64, requests_per_minute=per_s * 60), backoff_s=0.1, clock=clock)
+    clients = [LeaseClient(never, clock) for _ in range(workers)]
+    for client in clients:
+        client.waiting = lambda: 8
+    sent = simulate(desk, clients, clock, 500)
+    times = sorted(t for t, _ in sent)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 1 / per_s - 1e-9  # never two closer than the pace: no burst when a lease arrives
+    assert times[-1] - times[0] == pytest.approx(499 / per_s, rel=0.01)  # and no time lost between leases
+    per_worker = [sum(1 for _, w in sent if w == worker) for worker in range(workers)]
+    assert min(per_worker) > 500 / workers / 2
+
+
+def test_a_lease_is_one_call_for_many_requests() -> None:
+    """A worker with requests waiting leases a span's worth at a time, not one request per call."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=64, requests_per_minute=6000), backoff_s=0.1, clock=clock)
+    client = LeaseClient(never, clock)
+    client.waiting = lambda: 64
+    asks = sent = 0
+    while sent < 100:
+        sent += client.requests.reserve(1, clock.t) == 0
+        if client.wanted:
+            asks += 1
+            client.adopt(desk.lease(client.next_ask()))
+        clock.t += 0.001
+    assert asks <= 100 / (100 * LEASE_S) + 2  # 100 requests a second: a span holds 10
+
+
+def test_a_429_reported_by_one_worker_holds_the_next_span_of_every_worker() -> None:
+    """The desk learns the 429 (its cooldown) and the next span it leases, to anyone, starts after it.
+
+    (Whether a 429 trims the pace is the desk's Limiter's own rule, tested in test_limits.)"""
+    desk = LeaseDesk(Limiter(concurrency=8, requests_per_minute=600), backoff_s=0.1)
+    first = desk.lease(Ask(1, 0))
+    assert first.requests is not None
+    refused = Outcome(time.time(), 0, 10, error_type="rate_limited", retry_after_s=0.5)
+    grant = desk.lease(Ask(1, 0, (refused,)))
+    assert grant.requests is not None
+    assert grant.hold_s >= 0.4
+    assert grant.requests.start >= grant.hold_s - 0.01
+    assert desk.limiter.cooling_down
+
+
+def test_a_worker_holds_its_pacers_for_the_desks_cooldown() -> None:
+    """A grant whose cooldown lies ahead holds the worker's spans until it ends."""
+    clock = FakeClock()
+    client = LeaseClient(never, clock)
+    client.adopt(Grant(clock.t, Span(0, 1, 10.0), None, hold_s=0.5, pace_per_s=10.0))
+    assert client.requests.reserve(1, clock.t) == pytest.approx(0.5)
+
+
+def test_without_a_pace_a_span_is_time_for_any_number_of_requests() -> None:
+    """No pace known: a lease is a stretch of time in which the worker sends as fast as it can."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=8), backoff_s=0.1, clock=clock)
+    grant = desk.lease(Ask(1, 1))
+    assert grant.requests is not None
+    assert math.isinf(grant.requests.rate_per_s)
+    client = LeaseClient(never, clock)
+    client.adopt(grant)
+    assert all(client.requests.reserve(1, clock.t) == 0 for _ in range(1000))
+    assert client.requests.reserve(1, clock.t + OPEN_S) == math.inf  # past its end: the next lease
+
+
+def test_the_desk_corrects_the_token_schedule_from_reported_usage() -> None:
+    """Tokens reserved beyond what a reply used go back to the shared schedule: the next span comes sooner."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
+    spans = [desk.lease(Ask(0, 500)).tokens for _ in range(5)]  # half a second of the schedule ahead
+    assert all(span is not None and span.end - span.start == pytest.approx(LEASE_S) for span in spans)
+    last = spans[-1]
+    assert last is not None
+    used = Outcome(clock.t, 500, 400, usage=(90, 10, None, None, 100))
+    after = desk.lease(Ask(0, 100, (used,))).tokens
+    assert after is not None
+    assert after.start == pytest.approx(last.end - 400 / 1000)  # 1,000 tokens a second
+
+
+def test_tokens_taken_past_a_span_move_the_desks_schedule_on() -> None:
+    """A take of tokens that starts in a span but ends past it is paid for by the schedule after it."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
+    client = LeaseClient(never, clock)
+    client.adopt(desk.lease(Ask(0, 100)))  # 100 tokens: 0.1 s of the schedule
+    assert client.tokens.reserve(250, clock.t) == 0  # goes, 150 tokens past the span's end
+    ask = client.next_ask()
+    assert ask.overdrawn == (0.0, pytest.approx(150))
+    after = desk.lease(ask).tokens
+    assert after is not None
+    assert after.start == pytest.approx(0.25)  # from now: 1,000 tokens a second
+
+
+def test_a_pacer_without_a_span_waits_for_the_next_lease() -> None:
+    """A take finding no span asks for a lease and goes as soon as one is held."""
+    leases: list[Ask] = []
+
+    async def desk(ask: Ask) -> Grant:
+        leases.append(ask)
+        return Grant(time.time(), Span(0, 1, 100.0), Span(0, 1, math.inf), 0.0, 100.0)
+
+    async def scenario() -> None:
+        client = LeaseClient(desk)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.serve)
+                await client.requests.take(1)
+                await client.tokens.take(30)
+                tg.cancel_scope.cancel()
+
+    anyio.run(scenario)
+    assert leases
+    assert leases[0].requests >= 1
+
+
+def test_a_workers_limiter_reports_a_429_at_once_and_successes_with_the_next_call() -> None:
+    """Outcomes go to the desk with the worker's calls; a 429 makes a call due at once."""
+    client = LeaseClient(never)
+    limiter = LeasedLimiter(client, concurrency=4, requests_per_minute=600)
+    assert isinstance(limiter.requests, LeasedPacer)
+    ticket = Ticket(50, time.monotonic(), slot=False, est_prompt_tokens=40)
+    limiter.on_success(ticket, Usage(prompt_tokens=40, completion_tokens=5, total_tokens=45), NO_RATE_INFO)
+    assert not client.wanted
+    refused = ProviderError("slow down", error_type="rate_limited", error_class=ErrorClass.RETRY)
+    limiter.on_failure(ticket, refused, 0.1)
+    assert client.wanted
+    ask = client.next_ask()
+    assert [o.usage is not None for o in ask.outcomes] == [True, False]
+    assert ask.outcomes[1].error_type == "rate_limited"
+    limiter.requests.rate_per_s = 1.0  # the worker's own retune: the desk's rate wins
+    assert math.isinf(limiter.requests.rate_per_s)
