@@ -219,6 +219,14 @@ def test_wrong_provider_kind_is_rejected(write_job: WriteJob) -> None:
     assert "[provider] kind: unknown kind 'gemini'; known: anthropic, openai" in message
 
 
+def test_a_batch_api_job_on_a_ray_cluster_is_refused_saying_which_to_change(write_job: WriteJob) -> None:
+    """`[batch] enabled` with `[engine] kind = "ray"` is refused at load (the provider runs the batch)."""
+    path = write_job(URL, header=job_text(extra="\n[batch]\nenabled = true\n"))
+    message = load_error(path, ('engine.kind="ray"',))
+    assert "[batch] enabled needs no cluster" in message
+    assert 'set [engine] kind = "local"' in message
+
+
 @pytest.mark.parametrize(
     ("params", "fragment"),
     [
