@@ -162,7 +162,7 @@ def test_the_desk_corrects_the_token_schedule_from_reported_usage() -> None:
 
 
 def test_tokens_taken_past_a_span_move_the_desks_schedule_on() -> None:
-    """A take of tokens that starts in a span but ends past it is paid for by the schedule after it."""
+    """A take of tokens larger than any span starts in one, ends past it, and moves the schedule on."""
     clock = FakeClock()
     desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
     client = LeaseClient(never, clock)
@@ -173,6 +173,22 @@ def test_tokens_taken_past_a_span_move_the_desks_schedule_on() -> None:
     after = desk.lease(ask).tokens
     assert after is not None
     assert after.start == pytest.approx(0.25)  # from now: 1,000 tokens a second
+
+
+def test_a_take_that_would_cross_into_another_workers_span_waits_for_a_span_it_fits_in() -> None:
+    """Tokens that fit a span but not what is left of this one wait for the next; the rest goes back."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
+    client = LeaseClient(never, clock)
+    client.adopt(desk.lease(Ask(0, 100)))  # 100 tokens: 0.1 s of the schedule, 1,000 tokens a second
+    assert client.tokens.reserve(60, clock.t) == 0  # 40 left
+    assert math.isinf(client.tokens.reserve(60, clock.t))  # would end 20 tokens into the next stretch
+    ask = client.next_ask()
+    assert ask.overdrawn == (0.0, pytest.approx(-40))  # the 40 unused go back to the desk
+    assert ask.tokens >= 60  # and the next span holds the take whole
+    client.adopt(desk.lease(ask))
+    clock.t += 0.06  # the first take's 60 tokens have passed
+    assert client.tokens.reserve(60, clock.t) == 0
 
 
 def test_a_pacer_without_a_span_waits_for_the_next_lease() -> None:

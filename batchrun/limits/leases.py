@@ -14,8 +14,10 @@ a stretch of schedule to fill at the rate, not a pile of tokens to spend).
 
 A span is at most `LEASE_S` of schedule, sized to what the worker will send in it (the requests waiting on
 its pacer, or its recent pace), so a worker that cannot fill its span does not waste the others' rate. A
-request span holds a whole number of requests, which fill it exactly; a take of tokens that starts in a
-span may end past it, and the desk moves its schedule on by what was overdrawn. A worker asks for its next
+request span holds a whole number of requests, which fill it exactly. A take of tokens that would end past
+its span (in the stretch leased next, to another worker: together they would burst) waits for a span it
+fits in, and what was left of the first goes back to the desk; only a take larger than any span starts in
+one and ends past it, and the desk moves its schedule on by what was overdrawn. A worker asks for its next
 span as it starts on its last one, so the next is there when this one ends: one call per span, not per
 request. Its outcomes travel with that call (a 429 at once, not waiting for the next
 span), and the answer carries the desk's cooldown, which holds the worker's pacers too.
@@ -202,7 +204,8 @@ class LeasedPacer(Pacer):
         self.taken = 0.0  # units taken so far ...
         self.takes = 0  # ... in this many takes
         self.speed = 0.0  # units a second lately (`measure`)
-        self.overdrawn = 0.0  # units taken past the ends of spans, not told to the desk yet
+        self.overdrawn = 0.0  # units taken past the ends of spans (less those left), not told the desk yet
+        self.least = 0.0  # the next span must hold this much: a take that did not fit in the last one
         self._measured = 0.0  # units taken at the last measure
         super().__init__()
 
@@ -257,6 +260,15 @@ class LeasedPacer(Pacer):
             if start >= span.end - EPSILON:  # adding intervals up leaves 0.9999999 where 1 was meant
                 self._span = None  # used up, or past
                 continue
+            if start + interval > span.end + EPSILON and interval <= LEASE_S:
+                # It would run into the next stretch of the desk's schedule, leased to another worker by
+                # now: together they would send more than the rate in that moment (a strict window's 429).
+                # It waits for a span it fits in (asked that large); the rest of this one goes back.
+                self.overdrawn -= (span.end - start) * span.rate_per_s
+                self.least = max(self.least, amount)
+                self._span = None
+                continue
+            self.least = 0.0
             if start > now:
                 return start - now
             self._next = start + interval
@@ -354,7 +366,7 @@ class LeaseClient:
                 wants.append(0.0)
                 continue
             per_take = pacer.taken / pacer.takes if pacer.takes else 1.0
-            wants.append(max(waiting * per_take, pacer.speed * LEASE_S, per_take))
+            wants.append(max(waiting * per_take, pacer.speed * LEASE_S, per_take, pacer.least))
         return wants[0], wants[1]
 
     def adopt(self, grant: Grant) -> None:
