@@ -17,8 +17,9 @@ import pytest
 from batchrun.errors import ErrorClass, ProviderError
 from batchrun.providers import make_provider
 from batchrun.providers.batchapi import AnthropicBatchAPI, BatchAPI, OpenAIBatchAPI, Part, Retry, Tag
-from batchrun.providers.batchapi.base import jsonl_objects
+from batchrun.providers.batchapi.base import jsonl_objects, line_error, refusal
 from batchrun.providers.batchapi.control import Control
+from batchrun.redact import hiding
 
 KEY = "sk-secret-0123456789"
 OPENAI_BASE = "https://batch.test/v1"
@@ -113,6 +114,18 @@ def test_a_refused_key_stops_at_once_and_is_never_repeated_back(tmp_path: Path) 
     assert info.value.error_class is ErrorClass.FATAL
     assert KEY not in str(info.value)
     assert echo.count("POST", "/v1/files") == 1
+
+
+def test_other_secrets_of_the_run_are_scrubbed_from_batch_errors_too() -> None:
+    """A `base_url` credential or auth header (hidden by the run) echoed in a batch's errors is not kept."""
+    password = "pw-0123456789-secret"
+    echoed = f"bad request from user:{password}@host"
+    with hiding([password]):
+        errors = [line_error("x", echoed, KEY), refusal("invalid_request", echoed, KEY)]
+    for error in errors:
+        assert isinstance(error, ProviderError)
+        assert password not in str(error)
+        assert "user:***@host" in error.message
 
 
 def test_a_server_without_the_batch_api_is_named_as_such(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop
 from batchrun.errors import ErrorClass, ProviderError
 from batchrun.limits.retry import BackoffWait, classify
 from batchrun.providers.base import Provider
+from batchrun.redact import MASK, redact
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -71,10 +72,11 @@ DEFAULT_RETRY = Retry()
 
 
 def scrub(text: str, secret: str | None) -> str:
-    """`text` from a server, bounded and without the API key."""
+    """`text` from a server, bounded, without the API key (`secret`) or any other secret the run hides
+    (`batchrun.redact`: credentials in `base_url`, auth headers)."""
     if secret:
-        text = text.replace(secret, "***")
-    return text[:MESSAGE_CHARS]
+        text = text.replace(secret, MASK)
+    return redact(text)[:MESSAGE_CHARS]  # redacted whole before it is cut: no half a secret left
 
 
 def scrubbed(exc: ProviderError, secret: str | None) -> ProviderError:
