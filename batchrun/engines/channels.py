@@ -49,7 +49,12 @@ async def receive_batch(stream: MemoryObjectReceiveStream[T], most: int) -> list
     first = await receive(stream)
     if first is None:
         return []
-    batch = [first]
+    return [first, *receive_ready(stream, most - 1)]
+
+
+def receive_ready(stream: MemoryObjectReceiveStream[T], most: int) -> list[T]:
+    """Up to `most` items already waiting in `stream`, without waiting for any."""
+    batch: list[T] = []
     while len(batch) < most:
         try:
             batch.append(stream.receive_nowait())

@@ -24,7 +24,7 @@ import anyio
 import orjson
 
 from batchrun.engines.base import RunContext
-from batchrun.engines.channels import receive_batch, send
+from batchrun.engines.channels import receive_batch, receive_ready, send
 from batchrun.engines.gctuning import quiet_gc
 from batchrun.engines.live import LiveEngine
 from batchrun.limits.leases import Ask, Grant, LeaseClient, LeaseDesk, LeasedLimiter
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from batchrun.job.schema import Job, LimitsSection
 
 SHIP_MAX = 2_000  # results in one message to the driver at most
+SHIP_LINGER_S = 0.02  # how long a message waits for more results to go with it
 _RESULT_VALUES = operator.attrgetter(*RESULT_FIELDS)
 
 # Requests and results cross between processes as tuples of plain values: pickled in C, where Ray's
@@ -213,6 +214,11 @@ class WorkerActor:
         assert self._main is not None, "start() first"
         async with self._results:
             while batch := await receive_batch(self._results, SHIP_MAX):
+                if len(batch) < SHIP_MAX:
+                    # Let a few more arrive: every message costs the driver and Ray's daemons about as
+                    # much as the results in it, and a result a few ms later costs nothing.
+                    await anyio.sleep(SHIP_LINGER_S)
+                    batch += receive_ready(self._results, SHIP_MAX - len(batch))
                 yield self._shipment(batch)
         await self._main
         yield self._shipment([], self.context.stop_reason)
