@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,6 +120,9 @@ class OpenAIBatches:
         self.config = config
         self.seed = seed
         self.api_key = api_key
+        # Unique to this emulator, as a provider's ids are: two runs' in-process emulators (shards of one
+        # job, say) must not both name a batch batch_emu_..._000001.
+        self._instance = secrets.token_hex(3)
         self.store = FileStore()
         self.batches: dict[str, _Batch] = {}
 
@@ -194,8 +198,9 @@ class OpenAIBatches:
         config = self.config
         stored = self.store.files[body["input_file_id"]]
         requests, refusal = check_file(stored.content, body["endpoint"], config.models)
-        batch_id = f"batch_emu_{len(self.batches) + 1:06d}"
-        lines = shuffled([answer_line(line, config, self.seed) for line in requests], self.seed, batch_id)
+        number = len(self.batches) + 1  # the shuffle follows it, so two emulators give the same order
+        batch_id = f"batch_emu_{self._instance}_{number:06d}"
+        lines = shuffled([answer_line(line, config, self.seed) for line in requests], self.seed, number)
         model = requests[0]["body"]["model"] if requests else None
         metadata = body.get("metadata")
         if metadata is not None and config.metadata_keys is not None:

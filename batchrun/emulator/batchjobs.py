@@ -37,10 +37,11 @@ class Line:
     data: bytes
 
 
-def shuffled(lines: Sequence[Line], seed: int, batch_id: str) -> list[Line]:
-    """The order a batch finishes its requests in: a seeded shuffle (real batches never keep input order)."""
+def shuffled(lines: Sequence[Line], seed: int, number: int) -> list[Line]:
+    """The order the `number`th batch of an emulator finishes its requests in: a seeded shuffle (real
+    batches never keep input order)."""
     order = list(lines)
-    random.Random(f"{seed}:{batch_id}").shuffle(order)
+    random.Random(f"{seed}:{number}").shuffle(order)
     return order
 
 

@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import json
 import re
+import secrets
 import time
 from typing import Any
 
@@ -117,6 +118,9 @@ class MessageBatches:
         self.config = config
         self.seed = seed
         self.api_key = api_key
+        # Unique to this emulator, as a provider's ids are: two runs' in-process emulators (shards of one
+        # job, say) must not both name a batch batch_emu_..._000001.
+        self._instance = secrets.token_hex(3)
         self.batches: dict[str, BatchJob] = {}
 
     def register(self, router: web.UrlDispatcher) -> None:
@@ -151,9 +155,10 @@ class MessageBatches:
         problem = _requests_problem(body)
         if problem is not None:
             return _error(400, problem)
-        batch_id = f"msgbatch_emu_{len(self.batches) + 1:06d}"
+        number = len(self.batches) + 1  # the shuffle follows it, so two emulators give the same order
+        batch_id = f"msgbatch_emu_{self._instance}_{number:06d}"
         lines = [answer_request(item, self.config, self.seed) for item in body["requests"]]
-        job = BatchJob(batch_id, shuffled(lines, self.seed, batch_id), self.config)
+        job = BatchJob(batch_id, shuffled(lines, self.seed, number), self.config)
         self.batches[batch_id] = job
         return _json(200, self._object(job, time.monotonic(), request))
 
