@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from batchrun import humanize
 from batchrun.inputs.validate import check_input
 from batchrun.job.schema import Job
 from batchrun.job.sweep import SweepPromptSet, prompt_set
@@ -73,7 +74,7 @@ class Estimate:
         if self.batch:
             duration = f"within the Batch API's window ({self.duration_basis})"
         else:
-            duration = f"about {_duration(self.duration_s)}: {self.duration_basis}"
+            duration = f"about {humanize.duration(self.duration_s, digits=0)}: {self.duration_basis}"
         reused = f", {self.reused:,} answered by an earlier run" if self.reused else ""
         if self.variants > 1:
             reused += f"; {self.rows // self.variants:,} input rows x {self.variants} variants"
@@ -169,11 +170,3 @@ def _expected_duration(job: Job, requests: int, tokens: int, latency_s: float) -
         bounds.append((tokens / limits.tokens_per_minute * 60, f"{limits.tokens_per_minute:g} tokens/min"))
     seconds, basis = max(bounds)
     return seconds, f"limited by {basis}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

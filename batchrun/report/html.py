@@ -15,6 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from batchrun import humanize
 from batchrun.report import charts
 from batchrun.report.pagedata import PageData, Samples
 from batchrun.report.summary import Group, write_text_atomic
@@ -228,15 +229,25 @@ def _cards(data: PageData) -> str:
     ]
     if s.pending:
         cards.append(("pending", f"{s.pending:,}", "not answered yet: rerun to resume", "warn"))
-    cost = "unknown" if s.cost_usd is None else f"${s.cost_usd:,.4f}"
-    cards.append(("cost", cost, "no price known for some rows" if s.rows_without_cost else None, ""))
-    cards.append(("tokens in / out", f"{_count(s.prompt_tokens)} / {_count(s.completion_tokens)}", None, ""))
+    cards.append(
+        ("cost", _money(s.cost_usd), "no price known for some rows" if s.rows_without_cost else None, "")
+    )
+    cards.append(
+        (
+            "tokens in / out",
+            f"{humanize.count(s.prompt_tokens)} / {humanize.count(s.completion_tokens)}",
+            None,
+            "",
+        )
+    )
     if s.latency.p50 is not None:
         cards.append(("latency p50", f"{s.latency.p50:.2f} s", f"p95 {s.latency.p95 or 0:.2f} s", ""))
     wall = timeline.wall_s if timeline is not None and timeline.requests is not None else run.get("wall_s")
     if isinstance(wall, int | float) and wall > 0:
         answered = timeline.answered if timeline is not None else s.rows - int(run.get("rows_reused") or 0)
-        cards.append(("wall time (last run)", _duration(float(wall)), f"{answered / wall:,.1f} rows/s", ""))
+        cards.append(
+            ("wall time (last run)", humanize.duration(float(wall)), f"{answered / wall:,.1f} rows/s", "")
+        )
     sent = (
         timeline.requests
         if timeline is not None and timeline.requests is not None
@@ -272,7 +283,7 @@ def _variant_table(groups: tuple[Group, ...]) -> str:
             f'<td class="num">{g.ok_rate:.1%}</td>',
             *(f'<td class="num">{n:,}</td>' for n in (g.prompt_tokens, g.completion_tokens)),
             f'<td class="num">{_money(g.cost_usd)}</td>',
-            *(f'<td class="num">{_seconds(v)}</td>' for v in (g.latency.p50, g.latency.p95)),
+            *(f'<td class="num">{humanize.seconds(v)}</td>' for v in (g.latency.p50, g.latency.p95)),
         ]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     header = "".join(f'<th class="{"num" if i else ""}">{h}</th>' for i, h in enumerate(head))
@@ -340,10 +351,10 @@ def _over_time_text(data: PageData) -> str:
     if timeline is None:
         return f'<p class="note">Not shown: {escape(data.over_time_note or "no data")}.</p>'
     started = datetime.fromtimestamp(timeline.start, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    rate = timeline.answered / timeline.wall_s if timeline.wall_s else 0
     parts = [
         f"The last run started {started} and journaled {timeline.answered:,} results in "
-        f"{_duration(timeline.wall_s)} ({timeline.answered / timeline.wall_s if timeline.wall_s else 0:,.1f} "
-        "rows/s)"
+        f"{humanize.duration(timeline.wall_s)} ({rate:,.1f} rows/s)"
     ]
     if timeline.requests is not None:
         retried = sum(timeline.retried.values())
@@ -356,27 +367,8 @@ def _over_time_text(data: PageData) -> str:
     return f"<p>{escape(text)}</p>"
 
 
-def _count(n: int) -> str:
-    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return f"{n:,}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _money(cost: float | None) -> str:
     return f"${cost:,.4f}" if cost is not None else "unknown"
-
-
-def _seconds(value: float | None) -> str:
-    return f"{value:.2f}" if value is not None else "-"
 
 
 def _version() -> str:

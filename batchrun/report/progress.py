@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from anyio.abc import TaskStatus
 
+from batchrun import humanize
+
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.live import Live
@@ -112,7 +114,9 @@ def describe(snap: Snapshot, total: int | None, rate: float) -> list[str]:
     eta = eta_s(snap, total, rate)
     parts = [rows, f"{rate:,.1f} rows/s", f"elapsed {_duration(snap.elapsed_s)}"]
     parts.append(f"ETA {_duration(eta)}" if eta is not None else "ETA -")
-    parts.append(f"tokens {_count(snap.prompt_tokens)} in, {_count(snap.completion_tokens)} out")
+    parts.append(
+        f"tokens {humanize.count(snap.prompt_tokens)} in, {humanize.count(snap.completion_tokens)} out"
+    )
     parts.append(f"${snap.cost_usd:,.4f}")
     parts.append(f"{snap.in_flight} in flight, {snap.waiting} waiting, {snap.sent:,} sent")
     parts.append(limiter_state(snap))
@@ -275,13 +279,6 @@ async def watch(
 
 def _by_type(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
-
-
-def _count(n: int) -> str:
-    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
 
 
 def _duration(seconds: float) -> str:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchrun import humanize
+
 if TYPE_CHECKING:
     import duckdb
 
@@ -209,8 +211,8 @@ def variant_table(groups: tuple[Group, ...]) -> list[str]:
             f"{g.prompt_tokens:,}",
             f"{g.completion_tokens:,}",
             "?" if g.cost_usd is None else f"${g.cost_usd:,.4f}",
-            _seconds(g.latency.p50),
-            _seconds(g.latency.p95),
+            humanize.seconds(g.latency.p50),
+            humanize.seconds(g.latency.p95),
         )
         for g in groups
     ]
@@ -425,10 +427,6 @@ def _groups(rows: list[dict[str, Any]]) -> tuple[Group, ...]:
 
 def _money(cost: float | None) -> str:
     return f"${cost:,.4f}" if cost is not None else "cost unknown"
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def _round(value: float | None) -> float | None:
