@@ -49,12 +49,11 @@ def _report_bug(exc: BaseException, log_file: Path | None, secret: str | None) -
     import tempfile
     import traceback
 
+    from batchrun.redact import redact
     from batchrun.report import runlog
 
-    def redact(text: str) -> str:
-        return text.replace(secret, "***") if secret else text
-
-    text = redact("".join(traceback.format_exception(exc)))
+    secrets = (secret,) if secret else ()  # the run's own `hiding` has ended by the time a bug gets here
+    text = redact("".join(traceback.format_exception(exc)), secrets)
     where: Path | None = None
     if log_file is not None and runlog.file_only.handlers:
         runlog.file_only.error("internal error (a bug in batchrun); its traceback:\n%s", text.rstrip())
@@ -68,7 +67,8 @@ def _report_bug(exc: BaseException, log_file: Path | None, secret: str | None) -
             where = Path(name)
         except OSError:
             where = None
-    first = redact(str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "")
+    message = redact(str(exc), secrets).strip()  # redacted whole, then cut: no half a secret left
+    first = message.splitlines()[0][:200] if message else ""
     found = f"; the traceback is in {where}. Please report it with that file" if where else ""
     name = type(exc).__name__
     click.echo(f"batchrun: internal error (a bug in batchrun): {name}: {first}{found}.", err=True)
