@@ -43,7 +43,7 @@ PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PRO
 
 def requests(n: int, model: str) -> Iterator[Any]:
     """N prepared requests shaped like a labeling job's (a system prompt, a review, max_tokens)."""
-    from batchrun.inputs.prompts import encode
+    from batchrun.inputs.render import encode
     from batchrun.records import Request
 
     system = {"role": "system", "content": "You label the sentiment of product reviews."}

@@ -15,7 +15,7 @@ import pytest
 from batchrun.emulator import DIRECTIVE_400, EmulatorServer
 from batchrun.emulator.batchconfig import BatchConfig
 from batchrun.errors import ErrorClass
-from batchrun.inputs.prompts import encode
+from batchrun.inputs.render import encode
 from batchrun.providers import make_provider
 from batchrun.providers.batchapi import (
     BatchAPI,

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from batchrun.inputs.prompts import encode
+from batchrun.inputs.render import encode
 from batchrun.providers import make_provider
 from batchrun.providers.batchapi import (
     AnthropicBatchAPI,

@@ -12,7 +12,8 @@ import pytest
 
 from batchrun.errors import InputError
 from batchrun.inputs import prompts as inputs
-from batchrun.inputs.prompts import BodyEncoder, PromptSet, Template, encode, estimate_tokens
+from batchrun.inputs.prompts import PromptSet
+from batchrun.inputs.render import BodyEncoder, Template, encode, estimate_tokens
 from batchrun.job.schema import Job, load_job
 from batchrun.records import Request, Result
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ import orjson
 from batchrun.errors import InputError
 from batchrun.inputs import wire
 from batchrun.inputs.readers import SUFFIXES, Batch, NarrowSchema, Reader
+from batchrun.inputs.render import BodyEncoder, Template, encode, estimate_tokens
 from batchrun.job.schema import Job
 from batchrun.providers import KINDS
 from batchrun.records import OUTPUT_COLUMNS, Request, Result
@@ -35,7 +35,6 @@ BATCH_KEYS = ("custom_id", "method", "url", "body")
 BATCH_URLS = ("/v1/chat/completions", "/chat/completions")
 SLICE_ROWS = 10_000  # rows read at a time
 RENDER_ROWS = 1_000  # rows rendered at a time: ~7 ms of work between two turns of the event loop
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}\"'\n:]+)\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,85 +58,6 @@ class Slice:
     frame: pl.DataFrame
     items: list[Request | Result]
     part: str = ""  # prefix of the slice's input part in the run folder: orders a sweep's variants
-
-
-class Template:
-    """A prompt template: `{column}` is replaced by the row's value; `{{` and `}}` are literal braces."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.parts: list[str] = []  # literal text at even positions, column names at odd ones
-        literal: list[str] = []
-        pos = 0
-        for match in _PLACEHOLDER.finditer(text):
-            literal.append(text[pos : match.start()])
-            token = match.group(0)
-            if match.group(1) is None:
-                literal.append(token[0])
-            else:
-                self.parts += ["".join(literal), match.group(1)]
-                literal = []
-            pos = match.end()
-        literal.append(text[pos:])
-        self.parts.append("".join(literal))
-        self.columns = tuple(dict.fromkeys(self.parts[1::2]))
-
-    def render(self, values: dict[str, Any]) -> str:
-        """The template with each placeholder replaced by `str(values[column])`."""
-        parts = self.parts
-        out = [parts[0]]
-        for i in range(1, len(parts), 2):
-            out.append(str(values[parts[i]]))
-            out.append(parts[i + 1])
-        return "".join(out)
-
-
-def estimate_tokens(messages: Sequence[Any]) -> int:
-    """A cheap, deliberately generous token estimate for rate limiting: ~3.5 characters a token."""
-    chars = 0
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            for part in content:
-                text = part.get("text") if isinstance(part, dict) else None
-                # An image costs hundreds of tokens whatever its URL's length; 1,000 chars is a middle guess.
-                chars += len(text) if isinstance(text, str) else 1000
-    return int(chars / 3.5) + 4 * len(messages) + 3
-
-
-def encode(body: Any) -> bytes:
-    """Canonical JSON: the bytes sent on the wire and hashed into the custom_id."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-class BodyEncoder:
-    """`encode({"model": model, "messages": messages, **params})` for many rows, at a fifth of the CPU.
-
-    The model and params are the same on every row: their bytes are made once, and each row encodes only
-    its messages, with orjson when they are a template's (strings only: there orjson's bytes are
-    json's, which keeps custom_ids and cache keys stable; its floats are written differently).
-    """
-
-    def __init__(self, model: str | None, params: dict[str, Any]) -> None:
-        self.model = model
-        self.params = params
-        # A params key that repeats model or messages would move in the dict: no splicing then.
-        self._spliced = "model" not in params and "messages" not in params
-        self._head = b'{"model":' + encode(model) + b',"messages":'
-        self._tail = b"," + encode(params)[1:] if params else b"}"
-
-    def body(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        """The request body."""
-        return {"model": self.model, "messages": messages, **self.params}
-
-    def encode(self, messages: list[dict[str, Any]], *, strings_only: bool) -> bytes:
-        """The body's canonical bytes; `strings_only`: every value in `messages` is a str."""
-        if not self._spliced:
-            return encode(self.body(messages))
-        encoded = orjson.dumps(messages) if strings_only else encode(messages)
-        return self._head + encoded + self._tail
 
 
 class PromptSet:

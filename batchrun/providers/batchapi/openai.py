@@ -27,7 +27,7 @@ import httpx
 import orjson
 
 from batchrun.errors import ErrorClass, ProviderError
-from batchrun.inputs.prompts import encode
+from batchrun.inputs.render import encode
 from batchrun.providers.base import Provider
 from batchrun.providers.batchapi.base import (
     CLOCK_SKEW_S,
