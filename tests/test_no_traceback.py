@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun import cli as cli_module
+from batchrun.cli import common as cli_module
 from batchrun.emulator import EmulatorServer
 from batchrun.engines import run as runner_module
 from batchrun.money import estimate as estimate_module
@@ -224,7 +224,7 @@ def test_a_bug_outside_a_run_exits_4_with_the_traceback_in_a_file_of_its_own(
 
 def test_the_exit_codes_the_cli_names_cover_4() -> None:
     """The log file's end line has a meaning for every exit code, 4 included."""
-    assert set(cli_module._EXIT_MEANING) == {0, 1, 2, 3, 4}
+    assert set(cli_module.EXIT_MEANING) == {0, 1, 2, 3, 4}
 
 
 class _FullDisk(io.StringIO):
