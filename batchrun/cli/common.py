@@ -95,7 +95,9 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="Prompt set (overrides [input] path).",
         ),
         click.option(
-            "--output", "output_path", type=click.Path(path_type=Path), help="Output Parquet ([output] path)."
+            "--output",
+            "output_path",
+            help="Output Parquet, a path or a URL such as s3://bucket/x.parquet ([output] path).",
         ),
         click.option("--limit", type=click.IntRange(min=1), help="Only the first N rows."),
         click.option(

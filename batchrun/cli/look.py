@@ -30,7 +30,7 @@ from batchrun.cli.common import EXIT_USAGE, echo_all, job_options, main, user_er
 def estimate(
     job_file: Path,
     input_path: Path | None,
-    output_path: Path | None,
+    output_path: str | None,
     limit: int | None,
     overrides: tuple[str, ...],
     latency_s: float,
@@ -44,9 +44,12 @@ def estimate(
     """
     from batchrun.job.schema import load_job
     from batchrun.money.estimate import estimate_job
+    from batchrun.store.remote import refreshed
 
     with user_errors():
         job = load_job(job_file, overrides, input_path=input_path, output_path=output_path)
+        if not fresh:
+            refreshed(job.output_path)  # what other machines answered of a remote output
         result = estimate_job(job, limit=limit, latency_s=latency_s, fresh=fresh)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
@@ -63,7 +66,7 @@ def estimate(
 def validate(
     job_file: Path,
     input_path: Path | None,
-    output_path: Path | None,
+    output_path: str | None,
     limit: int | None,
     overrides: tuple[str, ...],
     show: int,
@@ -99,7 +102,7 @@ def validate(
 def status(
     job_file: Path,
     input_path: Path | None,
-    output_path: Path | None,
+    output_path: str | None,
     limit: int | None,
     overrides: tuple[str, ...],
     as_json: bool,
@@ -107,15 +110,20 @@ def status(
     """Show where JOB_FILE's output stands: rows ok, failed and pending, the last run, a run going.
 
     Read from the run folder beside the output, without changing it: safe while a run goes, and after a
-    kill. A sweep split by {variant} shows each variant's output.
+    kill. An output on an object store is read from this machine's mirror, first brought up to date with
+    what every machine sent up. A sweep split by {variant} shows each variant's output.
     """
     from batchrun.job.schema import load_job
     from batchrun.job.sweep import split
     from batchrun.report.status import job_status
+    from batchrun.store.remote import refreshed
 
     with user_errors():
         job = load_job(job_file, overrides, input_path=input_path, output_path=output_path)
-        found = [job_status(one, limit=limit) for one in split(job)]
+        jobs = split(job)
+        for one in jobs:
+            refreshed(one.output_path)  # what other machines answered of a remote output
+        found = [job_status(one, limit=limit) for one in jobs]
     echo_all(found, as_json)
 
 

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 def run(
     job_file: Path,
     input_path: Path | None,
-    output_path: Path | None,
+    output_path: str | None,
     limit: int | None,
     overrides: tuple[str, ...],
     fresh: bool,
@@ -115,12 +115,13 @@ def _run_one(
     from batchrun.errors import BatchrunError
     from batchrun.net.endpoint import read_key
     from batchrun.report import runlog
+    from batchrun.store.remote import shown
 
     log = logging.getLogger("batchrun")
     env = job.provider.api_key_env
     secret = read_key(env) if env else None
     with runlog.file_logging(runlog.log_path(job.output_path), secret=secret):
-        log.info("%s: %s -> %s", job.name, job.input.path, job.output_path)
+        log.info("%s: %s -> %s", job.name, job.input.path, shown(job.output_path))
         runlog.file_only.info(
             "start: job %s (%s), model %s, limit %s%s, batchrun %s, pid %d",
             job.name,
@@ -161,12 +162,14 @@ def _run_one(
 @main.command()
 @click.argument("job_file", type=click.Path(path_type=Path))
 @click.option(
-    "--output", "output_path", type=click.Path(path_type=Path), help="Output Parquet ([output] path)."
+    "--output",
+    "output_path",
+    help="Output Parquet, a path or a URL such as s3://bucket/x.parquet ([output] path).",
 )
 @click.option(
     "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a job-file key."
 )
-def cancel(job_file: Path, output_path: Path | None, overrides: tuple[str, ...]) -> None:
+def cancel(job_file: Path, output_path: str | None, overrides: tuple[str, ...]) -> None:
     """Cancel JOB_FILE's Batch API batches still running at the provider (stop its run first).
 
     Their unanswered rows stay pending; the next run sends them again (in new batches, or live).
@@ -191,7 +194,7 @@ def cancel(job_file: Path, output_path: Path | None, overrides: tuple[str, ...])
 def merge(
     job_file: Path,
     input_path: Path | None,
-    output_path: Path | None,
+    output_path: str | None,
     limit: int | None,
     overrides: tuple[str, ...],
     count: int | None,

@@ -43,6 +43,7 @@ from batchrun.report.progress import Observer, Snapshot, watch
 from batchrun.report.summary import Summary, failure_summary, summarize, summary_path, write_summary_json
 from batchrun.report.timeline import Timeline
 from batchrun.store.cache import ResponseCache
+from batchrun.store.remote import mirrored
 from batchrun.store.runstore import FinishedIds, RunStore, run_lock
 
 if TYPE_CHECKING:
@@ -77,30 +78,34 @@ def run_job(
     started = _now()
     provider = job.provider
     key = read_key(provider.api_key_env) if provider.api_key_env else None
-    # Every string from a reply, and every message, is redacted of these while the run lasts.
-    with hiding(secrets_of(key, provider.base_url, provider.headers)):
-        with run_lock(job.output_path):  # before anything else: a second run of the job exits 2 at once
-            try:
-                summary = anyio.run(
-                    _run_async,
-                    job,
-                    limit,
-                    fresh,
-                    transport,
-                    tuple(observers),
-                    backend_options=_loop_options(),
-                )
-            except BatchrunError as exc:
-                outcome = failure_summary(job.name, job.output_path, exc.exit_code, str(exc))
-                if isinstance(exc, StopRun) and exc.summary is not None:
-                    outcome = exc.summary.as_dict() | outcome  # what the stopped run saved, and why
-                _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
-                raise
-            except Exception as exc:
-                message = f"internal error (a bug in batchrun): {type(exc).__name__}: {exc}"
-                outcome = failure_summary(job.name, job.output_path, EXIT_INTERNAL, message[:2000])
-                _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
-                raise
+    # Every string from a reply, and every message, is redacted of these while the run lasts. Before
+    # anything else, the locks: a second run of the job exits 2 at once, here or (remote output) anywhere.
+    with (
+        hiding(secrets_of(key, provider.base_url, provider.headers)),
+        run_lock(job.output_path),
+        mirrored(job.output_path, fresh=fresh),
+    ):
+        try:
+            summary = anyio.run(
+                _run_async,
+                job,
+                limit,
+                fresh,
+                transport,
+                tuple(observers),
+                backend_options=_loop_options(),
+            )
+        except BatchrunError as exc:
+            outcome = failure_summary(job.name, job.output_path, exc.exit_code, str(exc))
+            if isinstance(exc, StopRun) and exc.summary is not None:
+                outcome = exc.summary.as_dict() | outcome  # what the stopped run saved, and why
+            _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
+            raise
+        except Exception as exc:
+            message = f"internal error (a bug in batchrun): {type(exc).__name__}: {exc}"
+            outcome = failure_summary(job.name, job.output_path, EXIT_INTERNAL, message[:2000])
+            _write_summary(job, outcome | {"started_at": started, "ended_at": _now()})
+            raise
         _write_summary(job, summary.as_dict() | {"started_at": started, "ended_at": _now()})
     return summary
 

@@ -34,6 +34,7 @@ from batchrun.job.shards import Shard
 from batchrun.providers import KINDS
 from batchrun.providers.headers import parse_duration
 from batchrun.providers.presets import PRESETS
+from batchrun.store import remote
 
 # Keys whose values are file paths: resolved against the job file's folder or the working directory.
 PATH_KEYS = (("input", "path"), ("output", "path"), ("cache", "path"))
@@ -270,6 +271,11 @@ class Job(_Section):
         """
         return paths.fill(self.output.path, job=self.name, started=self.started)
 
+    @property
+    def output_url(self) -> str | None:
+        """The output's URL when it lives on an object store (`output_path` is then its local mirror)."""
+        return remote.url_of(self.output_path)
+
 
 def load_job(
     path: Path | str,
@@ -297,7 +303,7 @@ def load_job(
         raise JobFileError(path, "not valid TOML: nested too deep") from None
 
     env_used = expand_env(raw, path)
-    _resolve_paths(raw, path.resolve().parent)
+    _resolve_paths(raw, path.resolve().parent, path)
     raw.setdefault("name", path.stem)
     cli_values: dict[str, Any] = {}
     for item in overrides:
@@ -310,7 +316,8 @@ def load_job(
     for key, value in cli_values.items():
         _set_dotted(raw, key, value, path)
         if tuple(key.split(".")) in PATH_KEYS:
-            _set_dotted(raw, key, str((cwd / Path(str(value)).expanduser()).resolve()), path)
+            section, _, name = key.partition(".")
+            _set_dotted(raw, key, _resolve_path(section, name, str(value), cwd, path), path)
 
     if "provider.preset" in cli_values:
         _drop_endpoint(raw, cli_values)
@@ -349,14 +356,25 @@ def _drop_endpoint(raw: dict[str, Any], cli_values: dict[str, Any]) -> None:
                 provider.pop(key, None)
 
 
-def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+def _resolve_paths(raw: dict[str, Any], base: Path, job_path: Path) -> None:
     for section, key in PATH_KEYS:
         table = raw.get(section)
         if isinstance(table, dict) and isinstance(table.get(key), str):
-            table[key] = str((base / Path(table[key]).expanduser()).resolve())
+            table[key] = _resolve_path(section, key, table[key], base, job_path)
     raw.setdefault("output", {})
     if isinstance(raw["output"], dict):
         raw["output"].setdefault("path", str((base / OutputSection().path).resolve()))
+
+
+def _resolve_path(section: str, key: str, value: str, base: Path, job_path: Path) -> str:
+    """A path key's value made absolute against `base`; an output URL becomes its local mirror's path
+    (`batchrun.store.remote`), which stands for the URL wherever the job's output path is used."""
+    if section == "output" and remote.is_url(value):
+        try:
+            return str(remote.mirror_of(value))
+        except ValueError as exc:
+            raise JobFileError(job_path, f"[output] path {value[:200]!r}: {exc}") from None
+    return str((base / Path(value).expanduser()).resolve())
 
 
 def _parse_override(job_path: Path, item: str) -> tuple[str, Any]:

@@ -111,9 +111,14 @@ def shard_job(job: Job, shard: Shard, *, divide_limits: bool = True) -> Job:
     return job.model_copy(update={"limits": limits, "output": output, "shard": shard})
 
 
+def shard_name(output: Path) -> re.Pattern[str]:
+    """The file names of `output`'s shard outputs; groups: the shard's index, the shard count."""
+    return re.compile(re.escape(output.stem) + r"\.shard-(\d+)-of-(\d+)" + re.escape(output.suffix))
+
+
 def shard_outputs(output: Path) -> dict[int, dict[int, Path]]:
     """The shard outputs found beside `output`, by shard count, then by index."""
-    name = re.compile(re.escape(output.stem) + r"\.shard-(\d+)-of-(\d+)" + re.escape(output.suffix))
+    name = shard_name(output)
     found: dict[int, dict[int, Path]] = {}
     if not output.parent.is_dir():
         return found

@@ -17,6 +17,7 @@ from batchrun.job.schema import Job
 from batchrun.providers import KINDS, make_provider
 from batchrun.records import Request
 from batchrun.redact import MASK, SECRET_HEADERS, redact, safe_url, secrets_of
+from batchrun.store.remote import shown
 
 EMULATOR_URL = "http://127.0.0.1:PORT"  # the emulator's port is picked when a run starts it
 
@@ -55,7 +56,7 @@ class Preview:
             "bad_rows": self.bad,
             "on_bad_row": self.on_bad_row,
             "provider": {"kind": provider.kind, "base_url": _base_url(self.job), "model": provider.model},
-            "output": str(self.job.output_path),
+            "output": shown(self.job.output_path),
             "requests": [r.as_dict() for r in self.requests],
         }
 
@@ -68,7 +69,7 @@ class Preview:
             f"job:      {self.job.name} ({self.job.source})",
             f"input:    {self.job.input.path}: {self.rows:,} rows read and checked{bad}",
             f"provider: {provider.kind} at {_base_url(self.job)}, model {provider.model}, key from {key}",
-            f"output:   {self.job.output_path}",
+            f"output:   {shown(self.job.output_path)}",
             "ok: nothing found that would stop a run before its first request.",
         ]
         for sent in self.requests:

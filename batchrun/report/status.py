@@ -30,6 +30,7 @@ from batchrun.job.schema import Job
 from batchrun.report.summary import summary_path
 from batchrun.report.timeline import timeline_path
 from batchrun.store import journal
+from batchrun.store.remote import shown
 from batchrun.store.runstore import JOURNAL, LOCK, run_folder
 
 MEMORY_MB = 128
@@ -61,7 +62,7 @@ class Status:
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
         return {
-            "output": str(self.output),
+            "output": shown(self.output),
             "running": self.running_pid is not None,
             "pid": self.running_pid,
             "rows": self.rows,
@@ -78,7 +79,7 @@ class Status:
 
     def lines(self) -> list[str]:
         """A few human lines."""
-        lines = [f"output:   {self.output}"]
+        lines = [f"output:   {shown(self.output)}"]
         if self.running_pid is not None:
             lines.append(f"running:  yes, pid {self.running_pid}")
             if self.progress:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchrun import humanize
+from batchrun.store.remote import shown
 
 if TYPE_CHECKING:
     import duckdb
@@ -135,7 +136,7 @@ class Summary:
         rate = self.rows_per_s
         return {
             "job": self.job,
-            "output": str(self.output),
+            "output": shown(self.output),
             "status": {0: "ok", 1: "failed"}.get(self.exit_code, "stopped"),
             "exit_code": self.exit_code,
             "rows": self.rows,
@@ -176,7 +177,7 @@ class Summary:
         reused = f", {self.reused:,} answered by an earlier run" if self.reused else ""
         reused += f", {self.cached:,} from the cache" if self.cached else ""
         lines = [
-            f"output:  {self.output}",
+            f"output:  {shown(self.output)}",
             f"rows:    {self.rows:,} ({self.ok:,} ok, {failed}){reused}",
             f"tokens:  {self.prompt_tokens:,} in, {self.completion_tokens:,} out",
             f"cost:    {cost}",
@@ -193,9 +194,9 @@ class Summary:
         if self.by_variant:
             lines += variant_table(self.by_variant)
         if self.batches:
-            shown = "; ".join(f"{batch_id} ({rows:,} rows)" for batch_id, rows in self.batches[:5])
+            listed = "; ".join(f"{batch_id} ({rows:,} rows)" for batch_id, rows in self.batches[:5])
             more = f"; and {len(self.batches) - 5} more" if len(self.batches) > 5 else ""
-            lines.append(f"batches: {shown}{more}")
+            lines.append(f"batches: {listed}{more}")
         if self.note:
             lines.append(f"note:    {self.note}")
         return lines
@@ -437,7 +438,7 @@ def failure_summary(job: str, output: Path, exit_code: int, message: str) -> dic
     """The summary file's content when a run did not finish: stopped (exit 3) or refused (exit 2)."""
     return {
         "job": job,
-        "output": str(output),
+        "output": shown(output),
         "status": "stopped" if exit_code == 3 else "error",
         "exit_code": exit_code,
         "message": message,

@@ -17,12 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from batchrun.errors import UsageError
+from batchrun.errors import StopRun, UsageError
 from batchrun.inputs.validate import check_input
-from batchrun.job.shards import Shard, shard_of, shard_outputs
+from batchrun.job.shards import Shard, shard_name, shard_of, shard_outputs
 from batchrun.job.sweep import SweepPromptSet, prompt_set
 from batchrun.report.summary import Summary, summarize, summary_path, write_summary_json
 from batchrun.store.output_writer import LONG_TEXT
+from batchrun.store.remote import Remote, short_error, url_of
 from batchrun.store.runstore import publish, run_folder, run_lock
 
 if TYPE_CHECKING:
@@ -43,9 +44,12 @@ def merge_shards(job: Job, *, count: int | None = None, limit: int | None = None
     a shard still runs, or a shard's rows do not match the input. `limit` must be the shards' `--limit`.
     """
     output = job.output_path
-    shards = find_shards(output, count)
+    url = url_of(output)
     with contextlib.ExitStack() as locks:
         locks.enter_context(run_lock(output))  # no run of the whole job writes the output meanwhile
+        if url is not None:
+            _fetch_shards(output, url)
+        shards = find_shards(output, count)
         for path in shards:
             if run_folder(path).is_dir():  # a shard's output copied from elsewhere may come without it
                 locks.enter_context(run_lock(path))
@@ -59,7 +63,40 @@ def merge_shards(job: Job, *, count: int | None = None, limit: int | None = None
             tmp.unlink(missing_ok=True)
     summary = summarize(output, job=job.name, note=f"merged from {len(shards)} shards")
     write_summary_json(summary_path(output), summary.as_dict() | {"shards": len(shards)})
+    if url is not None:
+        _send_up(output, url)
     return summary
+
+
+def _fetch_shards(output: Path, url: str) -> None:
+    """Download the shard outputs beside a remote `output` into its mirror; UsageError naming a shard
+    whose run still holds its remote lock."""
+    names = shard_name(output)
+    try:
+        beside = Remote(output, url)
+        for name in beside.names_beside():
+            if names.fullmatch(name) is None:
+                continue
+            shard = output.with_name(name)
+            shard_remote = Remote(shard, f"{url.rpartition('/')[0]}/{name}")
+            running = shard_remote.running_elsewhere()
+            if running is not None:
+                raise UsageError(
+                    f"{shard_remote.url} is still being written by a run on {running}: merge after it ends"
+                )
+            shard_remote.download(shard_remote.path, shard)
+    except OSError as exc:
+        raise UsageError(f"cannot read the shard outputs beside {url}: {short_error(exc)}") from None
+
+
+def _send_up(output: Path, url: str) -> None:
+    """Upload the merged output and its summary; StopRun (exit 3) when the store refuses them."""
+    try:
+        Remote(output, url).send_beside(output, summary_path(output))
+    except OSError as exc:
+        raise StopRun(
+            f"cannot send the merged output to {url}: {short_error(exc)}; it is in {output}"
+        ) from None
 
 
 def find_shards(output: Path, count: int | None) -> list[Path]:

@@ -186,7 +186,7 @@ class RunStore:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        _drop_partial_line(self.journal)
+        drop_partial_line(self.journal)
         self._fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._synced_at = time.monotonic()
         self._resume = None
@@ -392,7 +392,7 @@ def _journal_line(result: Result) -> bytes:
         return (json.dumps(fields_, ensure_ascii=False, default=str) + "\n").encode("utf-8", "replace")
 
 
-def _drop_partial_line(path: Path) -> None:
+def drop_partial_line(path: Path) -> None:
     """Cut a journal back to its last complete line (a power cut can leave half a line)."""
     if not path.is_file():
         return

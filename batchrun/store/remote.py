@@ -1,0 +1,512 @@
+"""Outputs on an object store: `[output] path = "s3://bucket/runs/{job}.parquet"` (any pyarrow or fsspec URL).
+
+A run works on a local mirror of the output's folder (`~/.cache/batchrun/remote/s3/bucket/runs/`, under
+`$XDG_CACHE_HOME` when set), where everything a run does with files stays as it is for a local output,
+and keeps the remote in step with it:
+
+- The journal goes up in segments. Every `PUSH_SECONDS` the lines appended since the last push become one
+  new object `x.parquet.run/results-<ms>-<host>-<pid>-<n>.jsonl`: an object store cannot append, and an
+  object is never rewritten, so what went up stays whole whatever happens to this machine.
+- A run starting anywhere first sends up what its own mirror holds and the remote lacks (a run killed
+  here), then downloads the segments its mirror lacks: it resumes what any machine answered.
+- The output, its summary and log are uploaded when the run ends or stops (an object appears whole).
+- `x.parquet.run/lock.json` names the run using the folder, refreshed every `LOCK_REFRESH_SECONDS`; a run
+  finding another's younger than `LOCK_STALE_SECONDS` exits 2, as a second run on one machine does.
+
+What a kill costs: on the same machine nothing (the mirror keeps every line; the next run sends it up);
+with the machine lost, the answers of its last `PUSH_SECONDS`, which a rerun elsewhere sends again.
+
+Credentials and endpoints come from the environment as the filesystem reads them (for S3:
+`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, `AWS_DEFAULT_REGION`), never from the URL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchrun.errors import StopRun, UsageError
+from batchrun.redact import redact
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
+
+__all__ = [
+    "Remote",
+    "is_url",
+    "mirror_of",
+    "mirror_root",
+    "mirrored",
+    "refreshed",
+    "short_error",
+    "shown",
+    "url_of",
+]
+
+PUSH_SECONDS = 5.0
+LOCK_REFRESH_SECONDS = 30.0
+LOCK_STALE_SECONDS = 120.0
+LOCK_SETTLE_SECONDS = 1.0  # two runs taking the lock at once: after this, the one whose write lost sees it
+SEGMENT_MAX_BYTES = 64 << 20  # a long pause's backlog goes up as several objects, never read whole
+COPY_BYTES = 8 << 20
+LOCK = "lock.json"
+STATE = "remote.json"  # in the mirror's run folder: what the remote already holds of the journal
+SEGMENT = re.compile(r"results-\d{13}-[A-Za-z0-9.-]{1,40}-\d+-\d{6}\.jsonl")
+
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
+log = logging.getLogger("batchrun")
+
+
+def is_url(text: str) -> bool:
+    """Whether an output path names a remote filesystem (`scheme://...`) rather than a local path."""
+    return _URL.fullmatch(text) is not None
+
+
+def mirror_root() -> Path:
+    """Where remote outputs are mirrored: `$XDG_CACHE_HOME/batchrun/remote` (`~/.cache` without it)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "batchrun" / "remote"
+
+
+def mirror_of(url: str) -> Path:
+    """The mirror path of an output URL: `s3://bucket/runs/x.parquet` -> `<root>/s3/bucket/runs/x.parquet`.
+
+    `file://` URLs are local paths. ValueError (naming what to change) for a URL batchrun cannot mirror
+    one to one: credentials, a query or a fragment in it, or `.` / `..` parts.
+    """
+    match = _URL.fullmatch(url)
+    if match is None:
+        raise ValueError(f"{url!r} is not a URL")
+    scheme, rest = match.group(1).lower(), match.group(2)
+    if scheme == "file":
+        return Path("/" + rest.lstrip("/"))
+    if any(mark in rest for mark in "?#@"):
+        raise ValueError(
+            "an output URL takes no credentials, query or fragment: give them to the filesystem through "
+            "the environment (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)"
+        )
+    parts = [part for part in rest.split("/") if part]
+    if len(parts) < 2 or any(part in (".", "..") for part in parts):
+        raise ValueError("an output URL needs a bucket (or host) and a file name, and no '.' or '..' parts")
+    return mirror_root().joinpath(scheme, *parts)
+
+
+def url_of(path: Path) -> str | None:
+    """The URL a mirror path stands for (see `mirror_of`); None for a local output."""
+    try:
+        scheme, *parts = path.relative_to(mirror_root()).parts
+    except ValueError:
+        return None
+    return f"{scheme}://{'/'.join(parts)}" if parts else None
+
+
+def shown(path: Path) -> str:
+    """How an output is named to a person and in summaries: its URL when it is a mirror, else its path."""
+    return url_of(path) or str(path)
+
+
+def open_filesystem(url: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of `url` and the path of its object there: pyarrow's (s3, gs, hdfs, abfs), else
+    fsspec's when it and the scheme's package are installed. UsageError (exit 2) naming what to install."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    try:
+        found: tuple[pafs.FileSystem, str] = pafs.FileSystem.from_uri(url)
+        return found
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+        pass  # a scheme pyarrow does not have
+    except OSError as exc:
+        raise UsageError(f"cannot reach {url}: {short_error(exc)}") from None
+    scheme = url.partition("://")[0]
+    try:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+    except ImportError as exc:
+        raise UsageError(
+            f"{url}: pyarrow has no {scheme}:// filesystem, and fsspec's needs a package not installed "
+            f"({exc.name or 'fsspec'}): pip install fsspec and the {scheme} package it names"
+        ) from None
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"{url}: {short_error(exc)}") from None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+@dataclass
+class _State:
+    """What the remote holds of the mirror's journal: bytes up to `pushed`, and the segments in it."""
+
+    pushed: int = 0
+    segments: list[str] = field(default_factory=list)
+
+
+class Remote:
+    """The remote side of one mirrored output: its journal segments, lock and files."""
+
+    def __init__(self, output: Path, url: str) -> None:
+        from batchrun.store.runstore import JOURNAL, run_folder
+
+        self.output = output
+        self.url = url
+        self.fs, self.path = open_filesystem(url)
+        self.folder = f"{self.path}.run"
+        self.local_folder = run_folder(output)
+        self.journal = self.local_folder / JOURNAL
+        self.token = uuid.uuid4().hex
+        self.host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:40] or "host"
+        self._sequence = 0
+        self._state = _State()
+        self._push_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._uploaded: dict[Path, int] = {}
+        self._failing = False
+
+    # --- the run's side -------------------------------------------------------------------------------
+
+    def start(self, *, fresh: bool) -> None:
+        """Take the lock, bring the mirror's journal up to date with the remote, and start pushing."""
+        self._take_lock()
+        self.local_folder.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            self._forget()
+        else:
+            self._state = self._read_state()
+            self.push()  # what a run killed here had not sent up
+            self.pull()
+        self._uploaded = {path: _mtime(path) for path in self._files()}
+        self._thread = threading.Thread(target=self._keep_pushing, name="batchrun-remote", daemon=True)
+        self._thread.start()
+
+    def finish(self) -> None:
+        """Stop pushing; send up the journal's last lines, then the output, summary and log that changed;
+        release the lock. StopRun (exit 3) when the remote cannot take them: nothing is lost, and a rerun
+        sends them."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.push()
+            self.send_beside(*(p for p in self._files() if _mtime(p) != self._uploaded.get(p)))
+            self._release_lock()
+        except OSError as exc:
+            raise StopRun(
+                f"cannot send the run's files to {self.url}: {short_error(exc)}\nEvery answer is kept in "
+                f"{self.local_folder}; rerun the same command on this machine to send them."
+            ) from None
+
+    def _files(self) -> list[Path]:
+        from batchrun.report.runlog import log_path
+        from batchrun.report.summary import summary_path
+
+        return [self.output, summary_path(self.output), log_path(self.output)]
+
+    def _keep_pushing(self) -> None:
+        refreshed = time.monotonic()
+        while not self._stop.wait(PUSH_SECONDS):
+            try:
+                self.push()
+                if time.monotonic() - refreshed >= LOCK_REFRESH_SECONDS:
+                    self._write_lock()
+                    refreshed = time.monotonic()
+                if self._failing:
+                    log.warning("%s: reachable again; the journal is sent up", self.url)
+                self._failing = False
+            except OSError as exc:  # the mirror keeps every line: the next push sends them
+                if not self._failing:
+                    log.warning(
+                        "%s: cannot send the journal up (%s); will try again", self.url, short_error(exc)
+                    )
+                self._failing = True
+
+    # --- the journal ----------------------------------------------------------------------------------
+
+    def push(self) -> None:
+        """Send the journal's complete lines not yet on the remote, as new segment objects."""
+        with self._push_lock:
+            if not self.journal.is_file():
+                return
+            with self.journal.open("rb") as f:
+                while True:
+                    f.seek(self._state.pushed)
+                    data = f.read(SEGMENT_MAX_BYTES)
+                    cut = data.rfind(b"\n") + 1
+                    if len(data) == SEGMENT_MAX_BYTES and cut == 0:
+                        cut = len(data)  # a single line longer than a segment: it goes up in pieces
+                    if cut == 0:
+                        return
+                    self._sequence += 1
+                    millis = time.time_ns() // 1_000_000
+                    name = f"results-{millis:013d}-{self.host}-{os.getpid()}-{self._sequence:06d}.jsonl"
+                    self._write(f"{self.folder}/{name}", data[:cut])
+                    self._state.pushed += cut
+                    self._state.segments.append(name)
+                    self._save_state()
+
+    def pull(self) -> None:
+        """Append to the mirror's journal the remote's segments it does not hold, oldest first."""
+        from batchrun.store.runstore import drop_partial_line
+
+        known = set(self._state.segments)
+        new = [name for name in self.segment_names() if name not in known]
+        if not new:
+            return
+        drop_partial_line(self.journal)
+        all_pushed = self._state.pushed == (self.journal.stat().st_size if self.journal.is_file() else 0)
+        with self.journal.open("ab") as out:
+            for name in new:
+                self._copy_into(f"{self.folder}/{name}", out)
+            out.flush()
+            os.fsync(out.fileno())
+        self._state.segments += new
+        if all_pushed:  # else the next push sends this machine's unsent lines, and these again (harmless)
+            self._state.pushed = self.journal.stat().st_size
+        self._save_state()
+        log.info("%s: %d journal segments taken from the remote", self.url, len(new))
+
+    def segment_names(self) -> list[str]:
+        """The remote's journal segments, oldest first."""
+        import pyarrow.fs as pafs
+
+        selector = pafs.FileSelector(self.folder, allow_not_found=True)
+        names = [info.base_name for info in self.fs.get_file_info(selector) if info.is_file]
+        return sorted(name for name in names if SEGMENT.fullmatch(name))
+
+    def _forget(self) -> None:
+        """`--fresh`: delete the remote's segments, and the mirror's journal and state."""
+        for name in self.segment_names():
+            self.fs.delete_file(f"{self.folder}/{name}")
+        for path in (self.journal, self.local_folder / STATE):
+            path.unlink(missing_ok=True)
+        self._state = _State()
+
+    def _read_state(self) -> _State:
+        from batchrun.store.runstore import drop_partial_line
+
+        drop_partial_line(self.journal)
+        size = self.journal.stat().st_size if self.journal.is_file() else 0
+        try:
+            raw = json.loads((self.local_folder / STATE).read_text(encoding="utf-8"))
+            state = _State(int(raw["pushed"]), [str(name) for name in raw["segments"]])
+        except (OSError, ValueError, KeyError, TypeError):
+            return (
+                _State()
+            )  # no record: the whole mirror journal goes up again (duplicate lines are harmless)
+        if state.pushed > size:  # the mirror's journal was cut or replaced: send it all
+            return _State(0, state.segments)
+        return state
+
+    def _save_state(self) -> None:
+        path = self.local_folder / STATE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"pushed": self._state.pushed, "segments": self._state.segments}))
+        os.replace(tmp, path)
+
+    # --- for readers (status, estimate, merge) -------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Bring the mirror up to date for a command that reads it: the remote's journal segments and the
+        summary. The caller holds the mirror's local lock (no run here is writing it)."""
+        self.local_folder.mkdir(parents=True, exist_ok=True)
+        self._state = self._read_state()
+        self.pull()
+        from batchrun.report.summary import summary_path
+
+        summary = summary_path(self.output)
+        self.download(f"{_parent(self.path)}/{summary.name}", summary)
+
+    def running_elsewhere(self) -> str | None:
+        """Who holds the remote lock ("host (pid N)"), or None when no run holds it."""
+        holder = self._lock_holder()
+        if holder is None:
+            return None
+        return redact(f"{str(holder.get('host', '?'))[:40]} (pid {str(holder.get('pid', '?'))[:10]})")
+
+    def names_beside(self) -> list[str]:
+        """The names of the files in the output's folder on the remote."""
+        import pyarrow.fs as pafs
+
+        selector = pafs.FileSelector(_parent(self.path), allow_not_found=True)
+        return [info.base_name for info in self.fs.get_file_info(selector) if info.is_file]
+
+    # --- the lock -------------------------------------------------------------------------------------
+
+    def _take_lock(self) -> None:
+        holder = self._lock_holder()
+        if holder is not None and holder.get("token") != self.token:
+            self._refuse(holder)
+        self._write_lock()
+        time.sleep(LOCK_SETTLE_SECONDS)
+        holder = self._lock_holder()
+        if holder is None or holder.get("token") != self.token:
+            self._refuse(holder or {})
+
+    def _lock_holder(self) -> dict[str, Any] | None:
+        """The lock's content while it is fresh; None when there is none or its run has gone silent."""
+        try:
+            with self.fs.open_input_stream(f"{self.folder}/{LOCK}") as f:
+                data = f.read(4096)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if _missing(exc):
+                return None
+            raise UsageError(f"cannot read {self.url}.run/{LOCK}: {short_error(exc)}") from None
+        try:
+            holder = json.loads(data)
+        except ValueError:  # not batchrun's (or cut short): nobody's lock
+            return None
+        if not isinstance(holder, dict):
+            return None
+        beat = holder.get("heartbeat")
+        if not isinstance(beat, int | float) or time.time() - beat > LOCK_STALE_SECONDS:
+            return None
+        if holder.get("host") == socket.gethostname()[:64] and not _alive(holder.get("pid")):
+            return None  # a run killed on this machine: no need to wait for its lock to go stale
+        return holder
+
+    def _refuse(self, holder: dict[str, Any]) -> None:
+        who = f"{str(holder.get('host', 'another machine'))[:40]} (pid {str(holder.get('pid', '?'))[:10]})"
+        raise UsageError(
+            f"{self.url} is in use by a batchrun run on {redact(who)}: wait for it to end, or stop it; two "
+            f"runs of one job at once would send every row twice. A run silent for "
+            f"{LOCK_STALE_SECONDS:.0f} s loses the lock. Nothing was sent."
+        )
+
+    def _write_lock(self) -> None:
+        body = {"host": socket.gethostname()[:64], "pid": os.getpid(), "token": self.token}
+        self._write(f"{self.folder}/{LOCK}", json.dumps(body | {"heartbeat": time.time()}).encode())
+
+    def _release_lock(self) -> None:
+        holder = self._lock_holder()
+        if holder is not None and holder.get("token") == self.token:
+            self.fs.delete_file(f"{self.folder}/{LOCK}")
+
+    # --- files ----------------------------------------------------------------------------------------
+
+    def upload(self, local: Path, remote: str) -> None:
+        """Copy a local file to the remote path (an object store publishes it whole, or not at all)."""
+        if not local.is_file():
+            return
+        with local.open("rb") as src, self.fs.open_output_stream(remote) as out:
+            while chunk := src.read(COPY_BYTES):
+                out.write(chunk)
+
+    def send_beside(self, *files: Path) -> None:
+        """Upload files of the mirror's folder to the output's folder on the remote, under their names."""
+        for local in files:
+            self.upload(local, f"{_parent(self.path)}/{local.name}")
+
+    def download(self, remote: str, local: Path) -> bool:
+        """Copy a remote file to `local` (through a temporary file); False when there is none."""
+        tmp = local.with_name(f".{local.name}.{os.getpid()}.tmp")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with tmp.open("wb") as out:
+                self._copy_into(remote, out)
+            os.replace(tmp, local)
+        except (FileNotFoundError, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, FileNotFoundError) or _missing(exc):
+                return False
+            raise
+        return True
+
+    def _copy_into(self, remote: str, out: Any) -> None:
+        with self.fs.open_input_stream(remote) as f:
+            while chunk := f.read(COPY_BYTES):
+                out.write(chunk)
+
+    def _write(self, remote: str, data: bytes) -> None:
+        with self.fs.open_output_stream(remote) as out:
+            out.write(data)
+
+
+def refreshed(output: Path) -> None:
+    """Bring the mirror of a remote `output` up to date before a command reads it (`status`, `estimate`);
+    nothing for a local output, or while a run on this machine holds the mirror (it is the newest)."""
+    from batchrun.store.runstore import run_lock
+
+    url = url_of(output)
+    if url is None:
+        return
+    with ExitStack() as held:
+        try:
+            held.enter_context(run_lock(output))
+        except UsageError:
+            return  # a run here holds it
+        try:
+            Remote(output, url).refresh()
+        except OSError as exc:
+            raise UsageError(f"cannot read {url}: {short_error(exc)}") from None
+
+
+@contextmanager
+def mirrored(output: Path, *, fresh: bool = False) -> Iterator[Remote | None]:
+    """Keep the remote of `output` (a mirror path) in step while the block runs; nothing for a local one.
+
+    The caller holds the mirror's local lock. On leaving, the journal's last lines and the output's files
+    are sent up even when the block raised (an interrupted run's answers were paid for).
+    """
+    url = url_of(output)
+    if url is None:
+        yield None
+        return
+    remote = Remote(output, url)
+    remote.start(fresh=fresh)
+    try:
+        yield remote
+    except BaseException:
+        try:
+            remote.finish()
+        except StopRun as exc:  # the block's own error says more; this one goes to the log
+            log.warning("%s", exc)
+        raise
+    remote.finish()
+
+
+def _alive(pid: object) -> bool:
+    """Whether a process of this machine with this pid lives (True when that cannot be told)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, as another user's
+    return True
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
+def _missing(exc: BaseException) -> bool:
+    """Whether a filesystem error means "no such file" (pyarrow's S3 says so in an OSError's text)."""
+    text = str(exc)
+    return "NoSuchKey" in text or "Path does not exist" in text or "not found" in text.lower()
+
+
+def short_error(exc: BaseException) -> str:
+    """An error's first line, redacted and cut: filesystem errors can carry a whole server reply."""
+    return redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)[:300]
