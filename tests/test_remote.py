@@ -448,3 +448,36 @@ def test_status_on_another_machine_counts_what_every_machine_sent_up(
     found = json.loads(status.stdout)
     assert (found["ok"], found["output"]) == (25, f"s3://{BUCKET}/nightly/test.parquet")
     assert found["last_run"]["exit_code"] == 0
+
+
+def test_fresh_with_a_bad_input_forgets_nothing(
+    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+) -> None:
+    """--fresh empties the remote journal only once the input is checked and the run goes on."""
+    server = emulator()
+    job = write_job(server.base_url, "")
+    assert cli("run", job, "--output", URL, "--limit", "10", "-q").exit_code == 0
+    good = reviews.read_bytes()
+    reviews.write_bytes(good + b'{"id": "broken", "title": \n')
+    refused = cli("run", job, "--output", URL, "--fresh", "-q")
+    assert refused.exit_code == 2, refused.stderr
+    reviews.write_bytes(good)
+    elsewhere = cli("run", job, "--output", URL, "--limit", "10", "-q", env=s3.machine("machine-b"))
+    assert elsewhere.exit_code == 0
+    assert _requests(server) == 10  # the first run's 10 are still on the store
+
+
+def test_a_batch_api_job_with_an_object_store_output_is_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The batch records are not kept in step with the store: a rerun elsewhere could pay twice."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[input]\npath = "in.jsonl"\n[prompt]\ntemplate = "{{x}}"\n[provider]\npreset = "emulator"\n'
+        'model = "m"\n[batch]\nenabled = true\n[output]\npath = "s3://bucket/x.parquet"\n'
+    )
+    with pytest.raises(JobFileError) as info:
+        load_job(job)
+    assert "[batch] enabled" in str(info.value)
+    assert "[output] path" in str(info.value)

@@ -43,7 +43,7 @@ from batchrun.report.progress import Observer, Snapshot, watch
 from batchrun.report.summary import Summary, failure_summary, summarize, summary_path, write_summary_json
 from batchrun.report.timeline import Timeline
 from batchrun.store.cache import ResponseCache
-from batchrun.store.remote import mirrored
+from batchrun.store.remote import Remote, mirrored
 from batchrun.store.runstore import FinishedIds, RunStore, run_lock
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def run_job(
     with (
         hiding(secrets_of(key, provider.base_url, provider.headers)),
         run_lock(job.output_path),
-        mirrored(job.output_path, fresh=fresh),
+        mirrored(job.output_path, fresh=fresh) as remote,
     ):
         try:
             summary = anyio.run(
@@ -93,6 +93,7 @@ def run_job(
                 fresh,
                 transport,
                 tuple(observers),
+                remote,
                 backend_options=_loop_options(),
             )
         except BatchrunError as exc:
@@ -130,6 +131,7 @@ async def _run_async(
     fresh: bool,
     transport: httpx.AsyncBaseTransport | None,
     observers: tuple[Observer, ...],
+    remote: Remote | None,
 ) -> Summary:
     checked = preflight(job, limit=limit)  # the job, key, prices and every input row: exit 2 on a problem
     prompts, key, prices, report = checked.prompts, checked.key, checked.prices, checked.input
@@ -137,7 +139,7 @@ async def _run_async(
     cache = None
     if job.cache.enabled:
         cache = ResponseCache(job.cache.path, kind=job.provider.kind, base_url=cache_scope(job))
-    store = RunStore(job.output_path)
+    store = RunStore(job.output_path, remote)
     run: Run | None = None
     try:
         with open_endpoint(job) as base_url:

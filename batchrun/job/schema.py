@@ -261,6 +261,13 @@ class Job(_Section):
             raise ValueError(
                 '[batch] enabled needs no cluster (the provider runs the batch): set [engine] kind = "local"'
             )
+        if self.batch.enabled and remote.url_of(self.output.path) is not None:
+            # The batch records (which rows are in which provider batch) are not kept in step with a store:
+            # a rerun elsewhere would not know the batches in flight, and could pay for their rows twice.
+            raise ValueError(
+                "[batch] enabled keeps its batch records in the run folder, which is not sent to an object "
+                "store: give [output] path a local (or shared) path"
+            )
         return self
 
     @property

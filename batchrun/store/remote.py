@@ -180,10 +180,10 @@ class Remote:
         """Take the lock, bring the mirror's journal up to date with the remote, and start pushing."""
         self._take_lock()
         self.local_folder.mkdir(parents=True, exist_ok=True)
-        if fresh:
-            self._forget()
+        self._state = self._read_state()
+        if fresh:  # nothing goes up or down until the run store forgets the journal (`forget`)
+            self._state = _State(self._journal_size())
         else:
-            self._state = self._read_state()
             self.push()  # what a run killed here had not sent up
             self.pull()
         self._uploaded = {path: _mtime(path) for path in self._files()}
@@ -264,7 +264,7 @@ class Remote:
         if not new:
             return
         drop_partial_line(self.journal)
-        all_pushed = self._state.pushed == (self.journal.stat().st_size if self.journal.is_file() else 0)
+        all_pushed = self._state.pushed == self._journal_size()
         with self.journal.open("ab") as out:
             for name in new:
                 self._copy_into(f"{self.folder}/{name}", out)
@@ -284,19 +284,23 @@ class Remote:
         names = [info.base_name for info in self.fs.get_file_info(selector) if info.is_file]
         return sorted(name for name in names if SEGMENT.fullmatch(name))
 
-    def _forget(self) -> None:
-        """`--fresh`: delete the remote's segments, and the mirror's journal and state."""
-        for name in self.segment_names():
-            self.fs.delete_file(f"{self.folder}/{name}")
-        for path in (self.journal, self.local_folder / STATE):
-            path.unlink(missing_ok=True)
-        self._state = _State()
+    def forget(self) -> None:
+        """`--fresh`, once the run store has emptied the mirror's journal (the input checked, the run on):
+        delete the remote's segments, so that no machine resumes from them."""
+        with self._push_lock:
+            for name in self.segment_names():
+                self.fs.delete_file(f"{self.folder}/{name}")
+            self._state = _State()
+            self._save_state()
+
+    def _journal_size(self) -> int:
+        return self.journal.stat().st_size if self.journal.is_file() else 0
 
     def _read_state(self) -> _State:
         from batchrun.store.runstore import drop_partial_line
 
         drop_partial_line(self.journal)
-        size = self.journal.stat().st_size if self.journal.is_file() else 0
+        size = self._journal_size()
         try:
             raw = json.loads((self.local_folder / STATE).read_text(encoding="utf-8"))
             state = _State(int(raw["pushed"]), [str(name) for name in raw["segments"]])

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     import duckdb
     import polars as pl
 
+    from batchrun.store.remote import Remote
+
 __all__ = [
     "RESULT_FIELDS",
     "Assembly",
@@ -160,8 +162,9 @@ class Assembly:
 class RunStore:
     """The journal of one output file: results in, finished rows out, final Parquet at the end."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, remote: Remote | None = None) -> None:
         self.output = output
+        self.remote = remote  # the object store the journal is kept in step with, if any
         self.dir = run_folder(output)
         self.journal = self.dir / JOURNAL
         self.assembly: Assembly | None = None  # what the last `assemble` wrote
@@ -187,6 +190,8 @@ class RunStore:
             else:
                 path.unlink(missing_ok=True)
         drop_partial_line(self.journal)
+        if fresh and self.remote is not None:
+            self.remote.forget()
         self._fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._synced_at = time.monotonic()
         self._resume = None
