@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -59,6 +60,7 @@ SHIPMENTS_AHEAD = 16  # results messages a worker may send before the driver has
 DRAIN_SECONDS = 30.0  # the live engine's grace for requests in flight after an interrupt
 
 log = logging.getLogger("batchrun")
+_shutting_down: list[threading.Thread] = []  # the local Ray a run of this process started, stopping
 
 
 def require_ray() -> Any:
@@ -170,6 +172,8 @@ class RayEngine:
     def _connect(self) -> None:
         """Join the cluster `[engine] address` names, or start a local one; reuse a connection made before."""
         ray = self.ray
+        while _shutting_down:
+            _shutting_down.pop().join()  # the Ray an earlier run of this process started, still stopping
         if ray.is_initialized():
             return
         address = self.job.engine.address
@@ -250,7 +254,11 @@ class RayEngine:
             except Exception as exc:  # an actor already gone: nothing to stop
                 log.debug("Ray actor already gone: %s", exc)
         if self._started_ray:
-            self.ray.shutdown()
+            # Ray's shutdown (its daemons stopping) takes a second or more: it goes on beside the output's
+            # assembly. The thread is not a daemon: the process waits for it before it exits.
+            stopping = threading.Thread(target=self.ray.shutdown, name="batchrun-ray-shutdown")
+            stopping.start()
+            _shutting_down.append(stopping)
 
     async def _dispatch(self, worker: _Worker, requests: MemoryObjectReceiveStream[Request]) -> None:
         """Hand `worker` blocks of requests while it takes them; then tell it no more are coming."""
