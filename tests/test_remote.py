@@ -481,3 +481,71 @@ def test_a_batch_api_job_with_an_object_store_output_is_refused_at_load(
         load_job(job)
     assert "[batch] enabled" in str(info.value)
     assert "[output] path" in str(info.value)
+
+
+def test_a_host_name_any_characters_is_resumed_from(
+    s3: S3,
+    emulator: StartEmulator,
+    write_job: WriteJob,
+    reviews: Path,
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = emulator()
+    job = write_job(server.base_url, "")
+    real_name = socket.gethostname
+    monkeypatch.setattr(socket, "gethostname", lambda: "build_agent 3/ü")
+    assert cli("run", job, "--output", URL, "--limit", "10", "-q").exit_code == 0
+    monkeypatch.setattr(socket, "gethostname", real_name)
+    elsewhere = cli("run", job, "--output", URL, "--limit", "10", "-q", env=s3.machine("machine-b"))
+    assert elsewhere.exit_code == 0
+    assert _requests(server) == 10
+
+
+def test_an_old_retryable_error_sent_up_late_does_not_undo_an_answer(
+    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+) -> None:
+    """Machine A journals a row's 503 and is killed before its push; B answers the row; A's rerun sends the
+    old 503 up after B's answer. Neither A nor a new machine pays for the row again."""
+    server = emulator()
+    job = write_job(server.base_url, "")
+    assert cli("run", job, "--output", URL, "--limit", "10", "-q", env=s3.machine("machine-b")).exit_code == 0
+    answered = s3.frame("test.parquet")["custom_id"].to_list()[0]
+    stale = remote.mirror_of(f"s3://{BUCKET}/nightly/test.parquet.run/results.jsonl")  # machine A's mirror
+    stale.parent.mkdir(parents=True)
+    line = {"custom_id": answered, "status": "error", "error_type": "server_error", "retryable": True}
+    stale.write_text(json.dumps(line) + "\n")
+    assert cli("run", job, "--output", URL, "--limit", "10", "-q").exit_code == 0
+    assert _requests(server) == 10
+    assert cli("run", job, "--output", URL, "--limit", "10", "-q", env=s3.machine("machine-c")).exit_code == 0
+    assert _requests(server) == 10
+
+
+def test_fresh_on_one_machine_makes_every_other_mirror_drop_its_copy(
+    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+) -> None:
+    server = emulator()
+    job = write_job(server.base_url, "")
+    other = s3.machine("machine-b")
+    assert cli("run", job, "--output", URL, "--limit", "10", "-q").exit_code == 0
+    assert cli("run", job, "--output", URL, "--limit", "10", "-q", env=other).exit_code == 0  # B's copy: 10
+    assert _requests(server) == 10
+    assert cli("run", job, "--output", URL, "--limit", "5", "-q", "--fresh").exit_code == 0
+    assert _requests(server) == 15
+    again = cli("run", job, "--output", URL, "--limit", "10", "-q", env=other)
+    assert again.exit_code == 0
+    assert _requests(server) == 20  # B kept only the 5 answered since the --fresh
+    assert "started afresh" in again.stderr
+
+
+def test_a_run_silent_too_long_leaves_the_lock_to_the_run_that_took_it(s3: S3) -> None:
+    output = remote.mirror_of(f"s3://{BUCKET}/nightly/test.parquet")
+    first = remote.Remote(output, remote.url_of(output) or "")
+    first._take_lock()
+    second = remote.Remote(output, first.url)
+    s3.write("test.parquet.run/lock.json", json.dumps({"token": "x", "heartbeat": 0}).encode())  # stale
+    second._take_lock()
+    first._refresh_lock()  # back, after the other took over: it must not overwrite the other's lock
+    holder = second._lock_holder()
+    assert holder is not None
+    assert holder["token"] == second.token

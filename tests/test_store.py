@@ -114,7 +114,8 @@ def test_files_left_by_an_assembly_killed_midway_are_cleared_on_open(tmp_path: P
 
 
 def test_resume_reads_the_latest_line_per_row(tmp_path: Path) -> None:
-    """Finished rows and the money spent come from each row's latest journal line."""
+    """Finished rows and the money spent come from each row's latest journal line, a final line counting
+    over any retryable one (lines from several machines meet in a journal kept on an object store)."""
     run = _store(tmp_path / "out.parquet", 4)
     assert len(run.finished_ids()) == 0
     assert run.spent_usd() == 0.0
@@ -124,8 +125,10 @@ def test_resume_reads_the_latest_line_per_row(tmp_path: Path) -> None:
     run.write_results([Result("id-00003", "ok", cost_usd=1.0)])
     run.write_results([Result("id-00003", "error", error_type="server_error", retryable=True)])
     run.close()
-    assert _finished(run, 4) == ["id-00000", "id-00001", "id-00002"]
-    assert run.spent_usd() == pytest.approx(0.875)
+    assert _finished(run, 4) == ["id-00000", "id-00001", "id-00002", "id-00003"]
+    assert run.spent_usd() == pytest.approx(1.875)
+    output = pl.read_parquet(run.assemble())
+    assert output.filter(pl.col("custom_id") == "id-00003")["status"].to_list() == ["ok"]
 
 
 def test_input_pieces_are_gathered_into_parts_per_variant_in_order(

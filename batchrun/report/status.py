@@ -226,8 +226,8 @@ def _journal_counts(path: Path) -> tuple[int, int, int]:
         db.register("lines", pa.RecordBatchReader.from_batches(schema, batches))
         # arg_max skips a null value, so the line's fields travel as one struct.
         ok, failed, retry = db.execute(
-            "WITH latest AS (SELECT custom_id, arg_max({'status': status, 'retryable': retryable}, line) "
-            "AS last FROM lines GROUP BY custom_id) "
+            "WITH latest AS (SELECT custom_id, arg_max({'status': status, 'retryable': retryable}, "
+            f"{journal.latest_rank('line')}) AS last FROM lines GROUP BY custom_id) "
             "SELECT count(*) FILTER (WHERE last.status = 'ok'), "
             "count(*) FILTER (WHERE last.status <> 'ok' AND NOT coalesce(last.retryable, false)), "
             "count(*) FILTER (WHERE last.status <> 'ok' AND coalesce(last.retryable, false)) FROM latest"

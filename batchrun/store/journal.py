@@ -35,6 +35,20 @@ if TYPE_CHECKING:
 RESULT_FIELDS = tuple(f.name for f in fields(Result))
 BLOCK_BYTES = 1 << 20  # journal read at a time: ~2,000 lines of half a KB (larger blocks held more memory)
 WARNED_LINES = 5  # unreadable lines named one by one; past that, only counted
+
+
+def latest_rank(position: str) -> str:
+    """SQL ranking a row's journal lines for "which one counts": a final line (ok, or an error a rerun does
+    not send again) over any line a rerun retries, then the later over the earlier (`position`: the line's
+    offset or number).
+
+    Within one machine's journal the later line is always the newer one. With an output on an object store
+    (`batchrun.store.remote`) lines from several machines meet, and an old retryable error sent up late may
+    come after another machine's answer to the same row: it must not make a rerun pay for the row again.
+    """
+    return f"({position} + CASE WHEN coalesce(retryable, false) THEN 0 ELSE 4611686018427387904 END)"
+
+
 # With `offset` and `length`: what resume needs of each line.
 INDEX_FIELDS = ("custom_id", "retryable", "cost_usd", "budget_usd")
 

@@ -30,14 +30,15 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchrun.errors import StopRun, UsageError
-from batchrun.redact import redact
+from batchrun.errors import BatchrunError, StopRun, UsageError
+from batchrun.redact import excerpt, redact
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -61,8 +62,10 @@ LOCK_SETTLE_SECONDS = 1.0  # two runs taking the lock at once: after this, the o
 SEGMENT_MAX_BYTES = 64 << 20  # a long pause's backlog goes up as several objects, never read whole
 COPY_BYTES = 8 << 20
 LOCK = "lock.json"
+GENERATION = "generation"  # the journal's generation on the remote: a new one at every --fresh
+GENESIS = "00000000"  # the generation of a journal no --fresh has replaced
 STATE = "remote.json"  # in the mirror's run folder: what the remote already holds of the journal
-SEGMENT = re.compile(r"results-\d{13}-[A-Za-z0-9.-]{1,40}-\d+-\d{6}\.jsonl")
+SEGMENT = re.compile(r"results-[0-9a-f]{8}-\d{13}-[A-Za-z0-9.-]{1,40}-\d+-\d{6}\.jsonl")
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
 log = logging.getLogger("batchrun")
@@ -146,10 +149,12 @@ def open_filesystem(url: str) -> tuple[pafs.FileSystem, str]:
 
 @dataclass
 class _State:
-    """What the remote holds of the mirror's journal: bytes up to `pushed`, and the segments in it."""
+    """What the remote holds of the mirror's journal: bytes up to `pushed`, and the segments in it, of the
+    journal's `generation` (a new one at every `--fresh`)."""
 
     pushed: int = 0
     segments: list[str] = field(default_factory=list)
+    generation: str | None = None
 
 
 class Remote:
@@ -165,7 +170,7 @@ class Remote:
         self.local_folder = run_folder(output)
         self.journal = self.local_folder / JOURNAL
         self.token = uuid.uuid4().hex
-        self.host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:40] or "host"
+        self.host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
         self._sequence = 0
         self._state = _State()
         self._push_lock = threading.Lock()
@@ -177,15 +182,21 @@ class Remote:
     # --- the run's side -------------------------------------------------------------------------------
 
     def start(self, *, fresh: bool) -> None:
-        """Take the lock, bring the mirror's journal up to date with the remote, and start pushing."""
+        """Take the lock, bring the mirror's journal up to date with the remote, and start pushing.
+
+        UsageError (exit 2, nothing sent) when the store is out of reach or refuses us.
+        """
         self._take_lock()
-        self.local_folder.mkdir(parents=True, exist_ok=True)
-        self._state = self._read_state()
-        if fresh:  # nothing goes up or down until the run store forgets the journal (`forget`)
-            self._state = _State(self._journal_size())
-        else:
-            self.push()  # what a run killed here had not sent up
-            self.pull()
+        try:
+            self.local_folder.mkdir(parents=True, exist_ok=True)
+            self._state = self._read_state()
+            if fresh:  # nothing goes up or down until the run store forgets the journal (`forget`)
+                self._state = _State(self._journal_size(), generation=self._state.generation)
+            else:
+                self._catch_up()
+        except Exception as exc:
+            self._try(self._release_lock)
+            raise UsageError(f"cannot use {self.url}: {short_error(exc)}. Nothing was sent.") from None
         self._uploaded = {path: _mtime(path) for path in self._files()}
         self._thread = threading.Thread(target=self._keep_pushing, name="batchrun-remote", daemon=True)
         self._thread.start()
@@ -200,12 +211,24 @@ class Remote:
         try:
             self.push()
             self.send_beside(*(p for p in self._files() if _mtime(p) != self._uploaded.get(p)))
-            self._release_lock()
-        except OSError as exc:
+        except Exception as exc:
             raise StopRun(
                 f"cannot send the run's files to {self.url}: {short_error(exc)}\nEvery answer is kept in "
                 f"{self.local_folder}; rerun the same command on this machine to send them."
             ) from None
+        self._try(self._release_lock)  # a lock left behind goes stale; the files are up
+
+    def _catch_up(self) -> None:
+        """Drop a mirror of a journal `--fresh` replaced elsewhere; then send up what only this mirror
+        holds (a run killed here), and take what only the remote holds."""
+        generation = self._generation()
+        if self._state.generation not in (None, generation):
+            log.warning("%s was started afresh (--fresh) elsewhere: this machine's copy is dropped", self.url)
+            self.journal.unlink(missing_ok=True)
+            self._state = _State()
+        self._state.generation = generation
+        self.push()
+        self.pull()
 
     def _files(self) -> list[Path]:
         from batchrun.report.runlog import log_path
@@ -219,17 +242,24 @@ class Remote:
             try:
                 self.push()
                 if time.monotonic() - refreshed >= LOCK_REFRESH_SECONDS:
-                    self._write_lock()
+                    self._refresh_lock()
                     refreshed = time.monotonic()
                 if self._failing:
                     log.warning("%s: reachable again; the journal is sent up", self.url)
                 self._failing = False
-            except OSError as exc:  # the mirror keeps every line: the next push sends them
-                if not self._failing:
+            except Exception as exc:  # any filesystem's error: the mirror keeps every line, and the next
+                if not self._failing:  # push sends them
                     log.warning(
                         "%s: cannot send the journal up (%s); will try again", self.url, short_error(exc)
                     )
                 self._failing = True
+
+    @staticmethod
+    def _try(action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception as exc:
+            log.debug("remote: %r failed: %s", action, short_error(exc))
 
     # --- the journal ----------------------------------------------------------------------------------
 
@@ -242,21 +272,28 @@ class Remote:
                 while True:
                     f.seek(self._state.pushed)
                     data = f.read(SEGMENT_MAX_BYTES)
+                    while b"\n" not in data and len(data) % SEGMENT_MAX_BYTES == 0 and data:
+                        data += f.read(SEGMENT_MAX_BYTES)  # one line longer than a segment: never split
                     cut = data.rfind(b"\n") + 1
-                    if len(data) == SEGMENT_MAX_BYTES and cut == 0:
-                        cut = len(data)  # a single line longer than a segment: it goes up in pieces
                     if cut == 0:
                         return
                     self._sequence += 1
                     millis = time.time_ns() // 1_000_000
-                    name = f"results-{millis:013d}-{self.host}-{os.getpid()}-{self._sequence:06d}.jsonl"
+                    name = (
+                        f"results-{self._state.generation or GENESIS}-{millis:013d}-{self.host}-"
+                        f"{os.getpid()}-{self._sequence:06d}.jsonl"
+                    )
                     self._write(f"{self.folder}/{name}", data[:cut])
                     self._state.pushed += cut
                     self._state.segments.append(name)
                     self._save_state()
 
     def pull(self) -> None:
-        """Append to the mirror's journal the remote's segments it does not hold, oldest first."""
+        """Append to the mirror's journal the remote's segments it does not hold, oldest first.
+
+        Lines may arrive twice (a kill between a segment's upload and the state's save): harmless, as a
+        row's final line counts over a retryable one wherever it is (`journal.latest_rank`).
+        """
         from batchrun.store.runstore import drop_partial_line
 
         known = set(self._state.segments)
@@ -267,7 +304,8 @@ class Remote:
         all_pushed = self._state.pushed == self._journal_size()
         with self.journal.open("ab") as out:
             for name in new:
-                self._copy_into(f"{self.folder}/{name}", out)
+                if self._copy_into(f"{self.folder}/{name}", out) not in (b"", b"\n"):
+                    out.write(b"\n")  # a segment not ending a line (not ours): its last line stays apart
             out.flush()
             os.fsync(out.fileno())
         self._state.segments += new
@@ -277,21 +315,48 @@ class Remote:
         log.info("%s: %d journal segments taken from the remote", self.url, len(new))
 
     def segment_names(self) -> list[str]:
-        """The remote's journal segments, oldest first."""
+        """The remote's journal segments of the current generation, oldest first."""
+        prefix = f"results-{self._state.generation or GENESIS}-"
+        return sorted(name for name in self._all_segments() if name.startswith(prefix))
+
+    def _all_segments(self) -> list[str]:
         import pyarrow.fs as pafs
 
         selector = pafs.FileSelector(self.folder, allow_not_found=True)
         names = [info.base_name for info in self.fs.get_file_info(selector) if info.is_file]
-        return sorted(name for name in names if SEGMENT.fullmatch(name))
+        return [name for name in names if SEGMENT.fullmatch(name)]
 
     def forget(self) -> None:
         """`--fresh`, once the run store has emptied the mirror's journal (the input checked, the run on):
-        delete the remote's segments, so that no machine resumes from them."""
+        start a new generation of the journal on the remote, so that no machine resumes from the old one
+        (a mirror elsewhere drops its copy), then delete the old segments."""
         with self._push_lock:
-            for name in self.segment_names():
-                self.fs.delete_file(f"{self.folder}/{name}")
-            self._state = _State()
+            generation = uuid.uuid4().hex[:8]
+            try:
+                self._write(f"{self.folder}/{GENERATION}", generation.encode())
+            except Exception as exc:  # any filesystem's error; the run has sent nothing yet
+                raise UsageError(
+                    f"cannot start {self.url} afresh: {short_error(exc)}. Nothing was sent; its journal "
+                    "is as it was."
+                ) from None
+            self._state = _State(generation=generation)
             self._save_state()
+            for name in self._all_segments():
+                if not name.startswith(f"results-{generation}-"):
+                    self._try(partial(self.fs.delete_file, f"{self.folder}/{name}"))
+
+    def _generation(self) -> str:
+        """The remote journal's generation (`GENESIS` until a `--fresh`)."""
+        try:
+            with self.fs.open_input_stream(f"{self.folder}/{GENERATION}") as f:
+                text = f.read(64).decode("ascii", "replace").strip()
+        except FileNotFoundError:
+            return GENESIS
+        except OSError as exc:
+            if _missing(exc):
+                return GENESIS
+            raise
+        return text if re.fullmatch(r"[0-9a-f]{8}", text) else GENESIS
 
     def _journal_size(self) -> int:
         return self.journal.stat().st_size if self.journal.is_file() else 0
@@ -303,19 +368,27 @@ class Remote:
         size = self._journal_size()
         try:
             raw = json.loads((self.local_folder / STATE).read_text(encoding="utf-8"))
-            state = _State(int(raw["pushed"]), [str(name) for name in raw["segments"]])
-        except (OSError, ValueError, KeyError, TypeError):
+            generation = raw.get("generation")
+            state = _State(
+                int(raw["pushed"]),
+                [str(name) for name in raw["segments"]],
+                generation if isinstance(generation, str) else None,
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return (
                 _State()
             )  # no record: the whole mirror journal goes up again (duplicate lines are harmless)
-        if state.pushed > size:  # the mirror's journal was cut or replaced: send it all
-            return _State(0, state.segments)
+        if state.pushed > size:  # the mirror's journal was cut or lost: send it all, take the remote's again
+            return _State(generation=state.generation)
         return state
 
     def _save_state(self) -> None:
         path = self.local_folder / STATE
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"pushed": self._state.pushed, "segments": self._state.segments}))
+        state = self._state
+        tmp.write_text(
+            json.dumps({"pushed": state.pushed, "segments": state.segments, "generation": state.generation})
+        )
         os.replace(tmp, path)
 
     # --- for readers (status, estimate, merge) -------------------------------------------------------
@@ -323,20 +396,18 @@ class Remote:
     def refresh(self) -> None:
         """Bring the mirror up to date for a command that reads it: the remote's journal segments and the
         summary. The caller holds the mirror's local lock (no run here is writing it)."""
-        self.local_folder.mkdir(parents=True, exist_ok=True)
-        self._state = self._read_state()
-        self.pull()
         from batchrun.report.summary import summary_path
 
+        self.local_folder.mkdir(parents=True, exist_ok=True)
+        self._state = self._read_state()
+        self._catch_up()
         summary = summary_path(self.output)
         self.download(f"{_parent(self.path)}/{summary.name}", summary)
 
     def running_elsewhere(self) -> str | None:
         """Who holds the remote lock ("host (pid N)"), or None when no run holds it."""
         holder = self._lock_holder()
-        if holder is None:
-            return None
-        return redact(f"{str(holder.get('host', '?'))[:40]} (pid {str(holder.get('pid', '?'))[:10]})")
+        return None if holder is None else _holder_name(holder)
 
     def names_beside(self) -> list[str]:
         """The names of the files in the output's folder on the remote."""
@@ -348,14 +419,33 @@ class Remote:
     # --- the lock -------------------------------------------------------------------------------------
 
     def _take_lock(self) -> None:
-        holder = self._lock_holder()
-        if holder is not None and holder.get("token") != self.token:
-            self._refuse(holder)
-        self._write_lock()
-        time.sleep(LOCK_SETTLE_SECONDS)
-        holder = self._lock_holder()
+        try:
+            holder = self._lock_holder()
+            if holder is not None and holder.get("token") != self.token:
+                self._refuse(holder)
+            self._write_lock()
+            time.sleep(LOCK_SETTLE_SECONDS)
+            holder = self._lock_holder()
+        except BatchrunError:
+            raise
+        except Exception as exc:  # any filesystem's error
+            raise UsageError(f"cannot use {self.url}: {short_error(exc)}. Nothing was sent.") from None
         if holder is None or holder.get("token") != self.token:
             self._refuse(holder or {})
+
+    def _refresh_lock(self) -> None:
+        """Write the lock again, unless another run has taken it meanwhile (this one was silent too
+        long): that is said loudly, and left to it."""
+        holder = self._lock_holder()
+        if holder is not None and holder.get("token") != self.token:
+            log.error(
+                "%s: the lock was taken by a run on %s while this one could not reach the store; "
+                "both may send the same rows. Stop one of them.",
+                self.url,
+                _holder_name(holder),
+            )
+            return
+        self._write_lock()
 
     def _lock_holder(self) -> dict[str, Any] | None:
         """The lock's content while it is fresh; None when there is none or its run has gone silent."""
@@ -367,7 +457,7 @@ class Remote:
         except OSError as exc:
             if _missing(exc):
                 return None
-            raise UsageError(f"cannot read {self.url}.run/{LOCK}: {short_error(exc)}") from None
+            raise
         try:
             holder = json.loads(data)
         except ValueError:  # not batchrun's (or cut short): nobody's lock
@@ -382,10 +472,9 @@ class Remote:
         return holder
 
     def _refuse(self, holder: dict[str, Any]) -> None:
-        who = f"{str(holder.get('host', 'another machine'))[:40]} (pid {str(holder.get('pid', '?'))[:10]})"
         raise UsageError(
-            f"{self.url} is in use by a batchrun run on {redact(who)}: wait for it to end, or stop it; two "
-            f"runs of one job at once would send every row twice. A run silent for "
+            f"{self.url} is in use by a batchrun run on {_holder_name(holder)}: wait for it to end, or stop "
+            "it; two runs of one job at once would send every row twice. A run silent for "
             f"{LOCK_STALE_SECONDS:.0f} s loses the lock. Nothing was sent."
         )
 
@@ -414,24 +503,31 @@ class Remote:
             self.upload(local, f"{_parent(self.path)}/{local.name}")
 
     def download(self, remote: str, local: Path) -> bool:
-        """Copy a remote file to `local` (through a temporary file); False when there is none."""
+        """Copy a remote file to `local` (through a temporary file) unless the local copy is as new or
+        newer (a file this machine could not send up yet); False when there is none, or it was kept."""
+        info = self.fs.get_file_info(remote)
+        if not info.is_file:
+            return False
+        if info.mtime is not None and _mtime(local) >= info.mtime.timestamp() * 1e9:
+            return False
         tmp = local.with_name(f".{local.name}.{os.getpid()}.tmp")
         local.parent.mkdir(parents=True, exist_ok=True)
         try:
             with tmp.open("wb") as out:
                 self._copy_into(remote, out)
             os.replace(tmp, local)
-        except (FileNotFoundError, OSError) as exc:
+        finally:
             tmp.unlink(missing_ok=True)
-            if isinstance(exc, FileNotFoundError) or _missing(exc):
-                return False
-            raise
         return True
 
-    def _copy_into(self, remote: str, out: Any) -> None:
+    def _copy_into(self, remote: str, out: Any) -> bytes:
+        """Copy a remote file's bytes to the open file `out`; return the last byte (b"" for none)."""
+        last = b""
         with self.fs.open_input_stream(remote) as f:
             while chunk := f.read(COPY_BYTES):
                 out.write(chunk)
+                last = chunk[-1:]
+        return last
 
     def _write(self, remote: str, data: bytes) -> None:
         with self.fs.open_output_stream(remote) as out:
@@ -453,7 +549,9 @@ def refreshed(output: Path) -> None:
             return  # a run here holds it
         try:
             Remote(output, url).refresh()
-        except OSError as exc:
+        except BatchrunError:
+            raise
+        except Exception as exc:  # any filesystem's error
             raise UsageError(f"cannot read {url}: {short_error(exc)}") from None
 
 
@@ -475,10 +573,15 @@ def mirrored(output: Path, *, fresh: bool = False) -> Iterator[Remote | None]:
     except BaseException:
         try:
             remote.finish()
-        except StopRun as exc:  # the block's own error says more; this one goes to the log
+        except Exception as exc:  # the block's own error says more; this one goes to the log
             log.warning("%s", exc)
         raise
     remote.finish()
+
+
+def _holder_name(holder: dict[str, Any]) -> str:
+    """The run a lock names, "host (pid N)", bounded and redacted (the lock's text is anyone's)."""
+    return excerpt(f"{holder.get('host', 'another machine')} (pid {holder.get('pid', '?')})", 80)
 
 
 def _alive(pid: object) -> bool:

@@ -3,9 +3,10 @@
 Beside the output `out/x.parquet` lives the run folder `out/x.parquet.run/`:
 
 - `results.jsonl`: every result as it arrives, one JSON line each, appended and kept across runs (a later
-  line for the same `custom_id` wins). Lines go to the kernel in one `write` per batch the moment they
-  arrive, so even `kill -9` loses no answer that reached batchrun; an fsync every few seconds covers a
-  power cut. A line cut short by one is dropped when the journal is next opened.
+  line for the same `custom_id` wins, and a final one over one a rerun retries). Lines go to the kernel
+  in one `write` per batch the moment they arrive, so even `kill -9` loses no answer that reached
+  batchrun; an fsync every few seconds covers a power cut. A line cut short by one is dropped when the
+  journal is next opened.
 - `input-NNNNNN.parquet`: the input's columns plus `custom_id`, about 10,000 rows a part, rewritten by
   every run (the input may have changed between runs).
 - `lock`: held (flock) by the one run that may use the folder; it holds the holder's pid.
@@ -240,9 +241,10 @@ class RunStore:
         """Table `latest`: where each custom_id's latest readable line is, its `retryable`, `cost_usd` and
         `budget_usd`.
 
-        A later line replaces an earlier one (a later run's answer replaces an earlier error). DuckDB groups
-        a narrow index of the lines (`journal.index_batches`, read a block at a time) under its memory cap,
-        spilling to disk: no line's text is held.
+        A later line replaces an earlier one (a later run's answer replaces an earlier error), and a final
+        line any retryable one (`journal.latest_rank`). DuckDB groups a narrow index of the lines
+        (`journal.index_batches`, read a block at a time) under its memory cap, spilling to disk: no
+        line's text is held.
         """
         import pyarrow as pa
 
@@ -255,7 +257,8 @@ class RunStore:
             "CREATE TABLE latest AS SELECT custom_id, line.offset, line.length, line.retryable, "
             "line.cost_usd, line.budget_usd FROM (SELECT custom_id, arg_max({'offset': \"offset\", "
             "'length': length, 'retryable': retryable, 'cost_usd': cost_usd, 'budget_usd': budget_usd}, "
-            '"offset") AS line FROM journal_index GROUP BY custom_id)'
+            + journal.latest_rank('"offset"')
+            + ") AS line FROM journal_index GROUP BY custom_id)"
         )
         db.unregister("journal_index")
 
