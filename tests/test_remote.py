@@ -127,6 +127,16 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Ite
     store.clear()
 
 
+Served = tuple[EmulatorServer, Path]  # an emulator, and the test job sending to it
+
+
+@pytest.fixture
+def served(emulator: StartEmulator, write_job: WriteJob, reviews: Path) -> Served:
+    """An emulator on 127.0.0.1 and the test job (40 reviews) pointed at it."""
+    server = emulator()
+    return server, write_job(server.base_url, "")
+
+
 class S3:
     """The test bucket, read through pyarrow as batchrun reads it."""
 
@@ -179,10 +189,9 @@ def _requests(server: EmulatorServer) -> int:
 
 
 def test_a_run_sends_its_output_summary_log_and_journal_up(
-    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+    s3: S3, reviews: Path, cli: Cli, served: Served
 ) -> None:
-    server = emulator()
-    job = write_job(server.base_url, "")
+    _, job = served
     result = cli("run", job, "--output", URL, "-q")
     assert result.exit_code == 0, result.stderr
     names = s3.names()
@@ -200,11 +209,8 @@ def test_a_run_sends_its_output_summary_log_and_journal_up(
     assert f"output:  s3://{BUCKET}/nightly/test.parquet" in result.stdout
 
 
-def test_a_run_on_another_machine_resumes_what_the_first_answered(
-    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
-) -> None:
-    server = emulator()
-    job = write_job(server.base_url, "")
+def test_a_run_on_another_machine_resumes_what_the_first_answered(s3: S3, cli: Cli, served: Served) -> None:
+    server, job = served
     assert cli("run", job, "--output", URL, "--limit", "15", "-q").exit_code == 0
     assert _requests(server) == 15
     elsewhere = cli("run", job, "--output", URL, "-q", env=s3.machine("machine-b"))
@@ -217,11 +223,8 @@ def test_a_run_on_another_machine_resumes_what_the_first_answered(
     assert "40 answered by an earlier run" in third.stdout
 
 
-def test_the_same_output_as_a_local_run_row_for_row(
-    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli, tmp_path: Path
-) -> None:
-    server = emulator()
-    job = write_job(server.base_url, "")
+def test_the_same_output_as_a_local_run_row_for_row(s3: S3, cli: Cli, tmp_path: Path, served: Served) -> None:
+    _, job = served
     assert cli("run", job, "--output", URL, "-q").exit_code == 0
     assert cli("run", job, "--output", tmp_path / "local.parquet", "-q").exit_code == 0
     local = pl.read_parquet(tmp_path / "local.parquet")
@@ -286,18 +289,21 @@ def test_the_journal_goes_up_while_the_run_lasts(
     """A machine lost mid-run (killed, and its mirror never seen again) loses only what was not yet pushed."""
     server = emulator(hold_after=20)
     job = write_job(server.base_url, "")
-    pushed = lambda: any(name.endswith(".jsonl") for name in s3.names())  # noqa: E731
-    command = run_and_kill(s3, job, lambda: journaled(20)() and pushed())
+    answered = journaled(20)
+
+    def answered_and_pushed() -> bool:
+        return answered() and any(name.endswith(".jsonl") for name in s3.names())
+
+    command = run_and_kill(s3, job, answered_and_pushed)
     second = emulator()
     rerun(command, second.base_url, s3.machine("machine-b"))
     assert _requests(second) == 20  # the 20 answered before the push were not paid again
 
 
 def test_a_live_lock_elsewhere_stops_the_run_before_anything_is_sent(
-    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+    s3: S3, cli: Cli, served: Served
 ) -> None:
-    server = emulator()
-    job = write_job(server.base_url, "")
+    server, job = served
     holder = {"host": "worker-7", "pid": 4242, "token": "other", "heartbeat": time.time()}
     s3.write("test.parquet.run/lock.json", json.dumps(holder).encode())
     result = cli("run", job, "--output", URL, "-q")
@@ -313,21 +319,15 @@ def test_a_live_lock_elsewhere_stops_the_run_before_anything_is_sent(
 @pytest.mark.parametrize(
     "body", [b"", b"\xff\xfe garbage", b"[1, 2]", b'{"heartbeat": "soon"}', b"9" * 100_000]
 )
-def test_an_unreadable_lock_is_no_lock(
-    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli, body: bytes
-) -> None:
-    server = emulator()
-    job = write_job(server.base_url, "")
+def test_an_unreadable_lock_is_no_lock(s3: S3, cli: Cli, body: bytes, served: Served) -> None:
+    _, job = served
     s3.write("test.parquet.run/lock.json", body)
     result = cli("run", job, "--output", URL, "-q", "--limit", "3")
     assert result.exit_code == 0, result.stderr
 
 
-def test_fresh_forgets_the_remote_journal_too(
-    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
-) -> None:
-    server = emulator()
-    job = write_job(server.base_url, "")
+def test_fresh_forgets_the_remote_journal_too(s3: S3, cli: Cli, served: Served) -> None:
+    server, job = served
     assert cli("run", job, "--output", URL, "--limit", "10", "-q").exit_code == 0
     assert cli("run", job, "--output", URL, "--limit", "5", "-q", "--fresh").exit_code == 0
     assert _requests(server) == 15
@@ -337,15 +337,9 @@ def test_fresh_forgets_the_remote_journal_too(
 
 
 def test_an_unreachable_store_is_a_clear_exit_2_before_anything_is_sent(
-    s3: S3,
-    emulator: StartEmulator,
-    write_job: WriteJob,
-    reviews: Path,
-    cli: Cli,
-    monkeypatch: pytest.MonkeyPatch,
+    s3: S3, cli: Cli, monkeypatch: pytest.MonkeyPatch, served: Served
 ) -> None:
-    server = emulator()
-    job = write_job(server.base_url, "")
+    server, job = served
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
     started = time.monotonic()
     result = cli("run", job, "--output", URL, "-q")
@@ -403,11 +397,10 @@ def _env(env: dict[str, str]) -> dict[str, Any]:
 
 
 def test_shards_on_three_machines_merge_on_a_fourth_into_the_single_runs_output(
-    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+    s3: S3, cli: Cli, served: Served
 ) -> None:
     """Shards of a job with its output on S3, each on its own machine, as a Kubernetes indexed job runs."""
-    server = emulator()
-    job = write_job(server.base_url, "")
+    server, job = served
     for index in range(3):
         env = s3.machine(f"pod-{index}") | {"JOB_COMPLETION_INDEX": str(index)}
         shard = cli("run", job, "--output", URL, "--shard", "JOB_COMPLETION_INDEX/3", "-q", env=env)
@@ -423,11 +416,8 @@ def test_shards_on_three_machines_merge_on_a_fourth_into_the_single_runs_output(
     assert from_shards.drop(TIMING).equals(single.drop(TIMING))
 
 
-def test_merge_waits_for_a_shard_still_running_elsewhere(
-    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
-) -> None:
-    server = emulator()
-    job = write_job(server.base_url, "")
+def test_merge_waits_for_a_shard_still_running_elsewhere(s3: S3, cli: Cli, served: Served) -> None:
+    _, job = served
     for index in range(2):
         assert cli("run", job, "--output", URL, "--shard", f"{index}/2", "-q").exit_code == 0
     holder = {"host": "pod-1", "pid": 7, "token": "x", "heartbeat": time.time()}
@@ -438,10 +428,9 @@ def test_merge_waits_for_a_shard_still_running_elsewhere(
 
 
 def test_status_on_another_machine_counts_what_every_machine_sent_up(
-    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+    s3: S3, cli: Cli, served: Served
 ) -> None:
-    server = emulator()
-    job = write_job(server.base_url, "")
+    _, job = served
     assert cli("run", job, "--output", URL, "--limit", "25", "-q").exit_code == 0
     status = cli("status", job, "--output", URL, "--json", env=s3.machine("laptop"))
     assert status.exit_code == 0, status.stderr
@@ -450,12 +439,9 @@ def test_status_on_another_machine_counts_what_every_machine_sent_up(
     assert found["last_run"]["exit_code"] == 0
 
 
-def test_fresh_with_a_bad_input_forgets_nothing(
-    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
-) -> None:
+def test_fresh_with_a_bad_input_forgets_nothing(s3: S3, reviews: Path, cli: Cli, served: Served) -> None:
     """--fresh empties the remote journal only once the input is checked and the run goes on."""
-    server = emulator()
-    job = write_job(server.base_url, "")
+    server, job = served
     assert cli("run", job, "--output", URL, "--limit", "10", "-q").exit_code == 0
     good = reviews.read_bytes()
     reviews.write_bytes(good + b'{"id": "broken", "title": \n')
@@ -484,15 +470,9 @@ def test_a_batch_api_job_with_an_object_store_output_is_refused_at_load(
 
 
 def test_a_host_name_any_characters_is_resumed_from(
-    s3: S3,
-    emulator: StartEmulator,
-    write_job: WriteJob,
-    reviews: Path,
-    cli: Cli,
-    monkeypatch: pytest.MonkeyPatch,
+    s3: S3, cli: Cli, monkeypatch: pytest.MonkeyPatch, served: Served
 ) -> None:
-    server = emulator()
-    job = write_job(server.base_url, "")
+    server, job = served
     real_name = socket.gethostname
     monkeypatch.setattr(socket, "gethostname", lambda: "build_agent 3/ü")
     assert cli("run", job, "--output", URL, "--limit", "10", "-q").exit_code == 0
@@ -503,12 +483,11 @@ def test_a_host_name_any_characters_is_resumed_from(
 
 
 def test_an_old_retryable_error_sent_up_late_does_not_undo_an_answer(
-    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+    s3: S3, cli: Cli, served: Served
 ) -> None:
     """Machine A journals a row's 503 and is killed before its push; B answers the row; A's rerun sends the
     old 503 up after B's answer. Neither A nor a new machine pays for the row again."""
-    server = emulator()
-    job = write_job(server.base_url, "")
+    server, job = served
     assert cli("run", job, "--output", URL, "--limit", "10", "-q", env=s3.machine("machine-b")).exit_code == 0
     answered = s3.frame("test.parquet")["custom_id"].to_list()[0]
     stale = remote.mirror_of(f"s3://{BUCKET}/nightly/test.parquet.run/results.jsonl")  # machine A's mirror
@@ -522,10 +501,9 @@ def test_an_old_retryable_error_sent_up_late_does_not_undo_an_answer(
 
 
 def test_fresh_on_one_machine_makes_every_other_mirror_drop_its_copy(
-    s3: S3, emulator: StartEmulator, write_job: WriteJob, reviews: Path, cli: Cli
+    s3: S3, cli: Cli, served: Served
 ) -> None:
-    server = emulator()
-    job = write_job(server.base_url, "")
+    server, job = served
     other = s3.machine("machine-b")
     assert cli("run", job, "--output", URL, "--limit", "10", "-q").exit_code == 0
     assert cli("run", job, "--output", URL, "--limit", "10", "-q", env=other).exit_code == 0  # B's copy: 10
