@@ -5,10 +5,14 @@ A run works on a local mirror of the output's folder (`~/.cache/batchrun/remote/
 and keeps the remote in step with it:
 
 - The journal goes up in segments. Every `PUSH_SECONDS` the lines appended since the last push become one
-  new object `x.parquet.run/results-<ms>-<host>-<pid>-<n>.jsonl`: an object store cannot append, and an
-  object is never rewritten, so what went up stays whole whatever happens to this machine.
+  new object `x.parquet.run/results-<generation>-<ms>-<host>-<pid>-<n>.jsonl`: an object store cannot
+  append, and an object is never rewritten, so what went up stays whole whatever happens to this machine.
 - A run starting anywhere first sends up what its own mirror holds and the remote lacks (a run killed
-  here), then downloads the segments its mirror lacks: it resumes what any machine answered.
+  here), then downloads the segments its mirror lacks: it resumes what any machine answered. Lines of
+  several machines meet in one journal out of time order, so a row's final line counts over any line a
+  rerun retries (`journal.latest_rank`), wherever each is; a line twice is harmless.
+- `--fresh` writes a new `generation`: segments of another are no machine's journal any more, and a
+  mirror of an older generation drops its copy before it sends or takes anything.
 - The output, its summary and log are uploaded when the run ends or stops (an object appears whole).
 - `x.parquet.run/lock.json` names the run using the folder, refreshed every `LOCK_REFRESH_SECONDS`; a run
   finding another's younger than `LOCK_STALE_SECONDS` exits 2, as a second run on one machine does.
