@@ -229,3 +229,20 @@ def test_a_workers_limiter_reports_a_429_at_once_and_successes_with_the_next_cal
     assert ask.outcomes[1].error_type == "rate_limited"
     limiter.requests.rate_per_s = 1.0  # the worker's own retune: the desk's rate wins
     assert math.isinf(limiter.requests.rate_per_s)
+
+
+def test_back_to_back_spans_overlapping_by_the_clocks_translation_lose_no_take() -> None:
+    """Two spans back to back in the desk's schedule, the second arriving 2 microseconds early (each
+    lease's times are translated from wall-clock time on their own): every unit of both is taken."""
+    pacer = LeasedPacer(lambda: None)
+    start = 1000.0
+    pacer.add(Span(start, start + 0.1, 50.0))
+    pacer.add(Span(start + 0.1 - 2e-6, start + 0.2 - 2e-6, 50.0))
+    taken = 0
+    for slot in range(10):
+        now = start + slot * 0.02 + 1e-9
+        wait = pacer.reserve(1, now)
+        if wait > 0 and not math.isinf(wait):
+            wait = pacer.reserve(1, now + wait)
+        taken += wait == 0
+    assert taken == 10
