@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from batchrun.redact import first_line
+
 if TYPE_CHECKING:
     from batchrun.report.summary import Summary
 
@@ -132,7 +134,7 @@ def user_error(exc: BaseException, *, sent: bool, folder: Path) -> BatchrunError
         return None
     leaf = storage[0]
     where = getattr(leaf, "filename", None) or folder
-    reason = getattr(leaf, "strerror", None) or str(leaf).splitlines()[0][:300]
+    reason = getattr(leaf, "strerror", None) or first_line(leaf, 300)
     if not sent:
         return UsageError(f"{where}: {reason}. Nothing was sent; fix that (free some space?), then rerun.")
     return StopRun(

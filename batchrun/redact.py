@@ -92,6 +92,17 @@ def excerpt(text: str | bytes, limit: int = EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def first_line(exc: BaseException, limit: int = EXCERPT_CHARS) -> str:
+    """An exception's message as a message may quote it: redacted whole, then its first line, at most
+    `limit` characters (a parser's, a filesystem's or Ray's message may quote a whole row or reply); the
+    exception's type when it says nothing."""
+    text = redact(str(exc)).strip()
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def redact_reply(reply: Reply) -> Reply:
     """A reply with the secrets gone from every string the server sent (the same object if none was)."""
     secrets = current()

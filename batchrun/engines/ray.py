@@ -46,6 +46,7 @@ from batchrun.engines.rayworker import (
 )
 from batchrun.errors import BatchrunError, UsageError
 from batchrun.records import Request, Result
+from batchrun.redact import first_line
 
 if TYPE_CHECKING:
     import httpx
@@ -240,9 +241,8 @@ class RayEngine:
                     raise type(cause)(f"{cause} (on {where})") from None
                 raise
             except ray.exceptions.RayActorError as exc:  # it could not even start (batchrun not installed?)
-                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
                 raise UsageError(
-                    f"{where} could not start ({first}); is batchrun installed on every node "
+                    f"{where} could not start ({first_line(exc, 300)}); is batchrun installed on every node "
                     "(pip install 'batchrun[ray]', or a runtime_env)? Nothing was sent."
                 ) from None
 
@@ -351,7 +351,7 @@ class RayEngine:
         worker.alive = False
         worker.in_flight = worker.waiting = 0
         context = self.context
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 200)
         log.warning(
             "Ray worker %d of %d was lost (%s); %d requests it held are not answered this run",
             worker.index + 1,

@@ -25,6 +25,7 @@ import orjson
 
 from batchrun.errors import InputError
 from batchrun.inputs import wire
+from batchrun.redact import first_line
 
 if TYPE_CHECKING:
     import polars as pl
@@ -106,7 +107,7 @@ class Reader:
             raise InputError(self.path, f"cannot read the input: {exc.strerror or exc}") from None
         except Exception as exc:  # polars raises many types for a malformed file; all mean the same here
             located = self._located()
-            raise InputError(self.path, located or f"cannot read the input: {_bounded(exc)}") from None
+            raise InputError(self.path, located or f"cannot read the input: {first_line(exc, 300)}") from None
 
     def _infer_ndjson(self, rows: int | None) -> pl.Schema:
         """Column types from the first `rows` readable lines of a JSONL file (None: every line).
@@ -279,7 +280,9 @@ class Reader:
                 yield Batch(frame, 0)
                 rows += frame.height
         except (pa.ArrowException, pl.exceptions.PolarsError, OSError) as exc:
-            raise InputError(self.path, f"cannot read the input after row {rows}: {_bounded(exc)}") from None
+            raise InputError(
+                self.path, f"cannot read the input after row {rows}: {first_line(exc, 300)}"
+            ) from None
 
     def _csv_batches(self) -> Iterator[Batch]:
         """CSV through pyarrow's streaming reader, with the column types polars inferred."""
@@ -306,7 +309,7 @@ class Reader:
             located = self._located()
             if not located and not self.widened:
                 raise NarrowSchema(str(exc)) from None  # no broken row: a type inferred too narrow
-            message = located or f"cannot read the input after row {rows}: {_bounded(exc)}"
+            message = located or f"cannot read the input after row {rows}: {first_line(exc, 300)}"
             raise InputError(self.path, message) from None
 
     def _located(self) -> str | None:
@@ -378,12 +381,6 @@ def _object_problem(line: bytes) -> str | None:
 def _short(value: Any) -> str:
     text = orjson.dumps(value).decode()
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _bounded(exc: BaseException) -> str:
-    """An exception's message, first line only and cut short: a parser's message may quote a whole row."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _count_lines(path: Path) -> int:

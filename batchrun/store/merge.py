@@ -21,9 +21,10 @@ from batchrun.errors import StopRun, UsageError
 from batchrun.inputs.validate import check_input
 from batchrun.job.shards import Shard, shard_name, shard_of, shard_outputs
 from batchrun.job.sweep import SweepPromptSet, prompt_set
+from batchrun.redact import first_line
 from batchrun.report.summary import Summary, summarize, summary_path, write_summary_json
 from batchrun.store.output_writer import LONG_TEXT
-from batchrun.store.remote import Remote, short_error, url_of
+from batchrun.store.remote import Remote, url_of
 from batchrun.store.runstore import publish, run_folder, run_lock
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def _fetch_shards(output: Path, url: str) -> None:
                 )
             shard_remote.download(shard_remote.path, shard)
     except OSError as exc:
-        raise UsageError(f"cannot read the shard outputs beside {url}: {short_error(exc)}") from None
+        raise UsageError(f"cannot read the shard outputs beside {url}: {first_line(exc, 300)}") from None
 
 
 def _send_up(output: Path, url: str) -> None:
@@ -95,7 +96,7 @@ def _send_up(output: Path, url: str) -> None:
         Remote(output, url).send_beside(output, summary_path(output))
     except OSError as exc:
         raise StopRun(
-            f"cannot send the merged output to {url}: {short_error(exc)}; it is in {output}"
+            f"cannot send the merged output to {url}: {first_line(exc, 300)}; it is in {output}"
         ) from None
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import BatchrunError, StopRun, UsageError
-from batchrun.redact import excerpt, redact
+from batchrun.redact import excerpt, first_line
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -54,7 +54,6 @@ __all__ = [
     "mirror_root",
     "mirrored",
     "refreshed",
-    "short_error",
     "shown",
     "url_of",
 ]
@@ -135,7 +134,7 @@ def open_filesystem(url: str) -> tuple[pafs.FileSystem, str]:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
         pass  # a scheme pyarrow does not have
     except OSError as exc:
-        raise UsageError(f"cannot reach {url}: {short_error(exc)}") from None
+        raise UsageError(f"cannot reach {url}: {first_line(exc, 300)}") from None
     scheme = url.partition("://")[0]
     try:
         import fsspec
@@ -147,7 +146,7 @@ def open_filesystem(url: str) -> tuple[pafs.FileSystem, str]:
             f"({exc.name or 'fsspec'}): pip install fsspec and the {scheme} package it names"
         ) from None
     except (ValueError, OSError) as exc:
-        raise UsageError(f"{url}: {short_error(exc)}") from None
+        raise UsageError(f"{url}: {first_line(exc, 300)}") from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
@@ -200,7 +199,7 @@ class Remote:
                 self._catch_up()
         except Exception as exc:
             self._try(self._release_lock)
-            raise UsageError(f"cannot use {self.url}: {short_error(exc)}. Nothing was sent.") from None
+            raise UsageError(f"cannot use {self.url}: {first_line(exc, 300)}. Nothing was sent.") from None
         self._uploaded = {path: _mtime(path) for path in self._files()}
         self._thread = threading.Thread(target=self._keep_pushing, name="batchrun-remote", daemon=True)
         self._thread.start()
@@ -217,7 +216,7 @@ class Remote:
             self.send_beside(*(p for p in self._files() if _mtime(p) != self._uploaded.get(p)))
         except Exception as exc:
             raise StopRun(
-                f"cannot send the run's files to {self.url}: {short_error(exc)}\nEvery answer is kept in "
+                f"cannot send the run's files to {self.url}: {first_line(exc, 300)}\nEvery answer is kept in "
                 f"{self.local_folder}; rerun the same command on this machine to send them."
             ) from None
         self._try(self._release_lock)  # a lock left behind goes stale; the files are up
@@ -254,7 +253,7 @@ class Remote:
             except Exception as exc:  # any filesystem's error: the mirror keeps every line, and the next
                 if not self._failing:  # push sends them
                     log.warning(
-                        "%s: cannot send the journal up (%s); will try again", self.url, short_error(exc)
+                        "%s: cannot send the journal up (%s); will try again", self.url, first_line(exc, 300)
                     )
                 self._failing = True
 
@@ -263,7 +262,7 @@ class Remote:
         try:
             action()
         except Exception as exc:
-            log.debug("remote: %r failed: %s", action, short_error(exc))
+            log.debug("remote: %r failed: %s", action, first_line(exc, 300))
 
     # --- the journal ----------------------------------------------------------------------------------
 
@@ -340,7 +339,7 @@ class Remote:
                 self._write(f"{self.folder}/{GENERATION}", generation.encode())
             except Exception as exc:  # any filesystem's error; the run has sent nothing yet
                 raise UsageError(
-                    f"cannot start {self.url} afresh: {short_error(exc)}. Nothing was sent; its journal "
+                    f"cannot start {self.url} afresh: {first_line(exc, 300)}. Nothing was sent; its journal "
                     "is as it was."
                 ) from None
             self._state = _State(generation=generation)
@@ -433,7 +432,7 @@ class Remote:
         except BatchrunError:
             raise
         except Exception as exc:  # any filesystem's error
-            raise UsageError(f"cannot use {self.url}: {short_error(exc)}. Nothing was sent.") from None
+            raise UsageError(f"cannot use {self.url}: {first_line(exc, 300)}. Nothing was sent.") from None
         if holder is None or holder.get("token") != self.token:
             self._refuse(holder or {})
 
@@ -556,7 +555,7 @@ def refreshed(output: Path) -> None:
         except BatchrunError:
             raise
         except Exception as exc:  # any filesystem's error
-            raise UsageError(f"cannot read {url}: {short_error(exc)}") from None
+            raise UsageError(f"cannot read {url}: {first_line(exc, 300)}") from None
 
 
 @contextmanager
@@ -616,8 +615,3 @@ def _missing(exc: BaseException) -> bool:
     """Whether a filesystem error means "no such file" (pyarrow's S3 says so in an OSError's text)."""
     text = str(exc)
     return "NoSuchKey" in text or "Path does not exist" in text or "not found" in text.lower()
-
-
-def short_error(exc: BaseException) -> str:
-    """An error's first line, redacted and cut: filesystem errors can carry a whole server reply."""
-    return redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)[:300]
