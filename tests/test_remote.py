@@ -23,7 +23,7 @@ import pytest
 from batchrun.emulator import EmulatorServer
 from batchrun.errors import JobFileError
 from batchrun.job.schema import load_job
-from batchrun.store import remote
+from batchrun.store import mirror, remote, remotelock
 from tests.conftest import CliResult
 from tests.hostile import serving
 from tests.test_hostile_servers import KEY, echo
@@ -41,11 +41,11 @@ URL = f"s3://{BUCKET}/nightly/{{job}}.parquet"
 
 def test_a_url_maps_to_one_mirror_path_and_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    mirror = remote.mirror_of("s3://bucket/a/b/{job}.parquet")
-    assert mirror == tmp_path / "batchrun" / "remote" / "s3" / "bucket" / "a" / "b" / "{job}.parquet"
-    assert remote.url_of(mirror) == "s3://bucket/a/b/{job}.parquet"
-    assert remote.url_of(tmp_path / "out" / "x.parquet") is None
-    assert remote.mirror_of("file:///data/out/x.parquet") == Path("/data/out/x.parquet")
+    mirrored = mirror.mirror_of("s3://bucket/a/b/{job}.parquet")
+    assert mirrored == tmp_path / "batchrun" / "remote" / "s3" / "bucket" / "a" / "b" / "{job}.parquet"
+    assert mirror.url_of(mirrored) == "s3://bucket/a/b/{job}.parquet"
+    assert mirror.url_of(tmp_path / "out" / "x.parquet") is None
+    assert mirror.mirror_of("file:///data/out/x.parquet") == Path("/data/out/x.parquet")
 
 
 @pytest.mark.parametrize(
@@ -78,9 +78,9 @@ def test_a_job_with_an_s3_output_names_the_url(monkeypatch: pytest.MonkeyPatch, 
         '[provider]\npreset = "emulator"\nmodel = "m"\n'
     )
     loaded = load_job(job, ["output.path=s3://bucket/x/{job}.parquet"])
-    assert loaded.output_url == "s3://bucket/x/n.parquet"
+    assert mirror.url_of(loaded.output_path) == "s3://bucket/x/n.parquet"
     assert loaded.output_path.is_relative_to(tmp_path / "cache")
-    assert load_job(job).output_url is None
+    assert mirror.url_of(load_job(job).output_path) is None
 
 
 # --- S3 -------------------------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Ite
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     # The pause that settles two runs taking the lock at once; no test here races two runs in one process.
-    monkeypatch.setattr(remote, "LOCK_SETTLE_SECONDS", 0.05)
+    monkeypatch.setattr(remotelock, "LOCK_SETTLE_SECONDS", 0.05)
     store = S3(env, tmp_path)
     store.clear()
     yield store
@@ -263,7 +263,7 @@ def rerun(command: list[str], base_url: str, env: dict[str, str]) -> None:
 
 def journaled(lines: int) -> Callable[[], bool]:
     """Whether this machine's mirror journal of the test output holds `lines` results."""
-    journal = remote.mirror_of(f"s3://{BUCKET}/nightly/test.parquet.run/results.jsonl")
+    journal = mirror.mirror_of(f"s3://{BUCKET}/nightly/test.parquet.run/results.jsonl")
     return lambda: journal.is_file() and journal.read_bytes().count(b"\n") >= lines
 
 
@@ -490,7 +490,7 @@ def test_an_old_retryable_error_sent_up_late_does_not_undo_an_answer(
     server, job = served
     assert cli("run", job, "--output", URL, "--limit", "10", "-q", env=s3.machine("machine-b")).exit_code == 0
     answered = s3.frame("test.parquet")["custom_id"].to_list()[0]
-    stale = remote.mirror_of(f"s3://{BUCKET}/nightly/test.parquet.run/results.jsonl")  # machine A's mirror
+    stale = mirror.mirror_of(f"s3://{BUCKET}/nightly/test.parquet.run/results.jsonl")  # machine A's mirror
     stale.parent.mkdir(parents=True)
     line = {"custom_id": answered, "status": "error", "error_type": "server_error", "retryable": True}
     stale.write_text(json.dumps(line) + "\n")
@@ -517,13 +517,13 @@ def test_fresh_on_one_machine_makes_every_other_mirror_drop_its_copy(
 
 
 def test_a_run_silent_too_long_leaves_the_lock_to_the_run_that_took_it(s3: S3) -> None:
-    output = remote.mirror_of(f"s3://{BUCKET}/nightly/test.parquet")
-    first = remote.Remote(output, remote.url_of(output) or "")
-    first._take_lock()
-    second = remote.Remote(output, first.url)
+    output = mirror.mirror_of(f"s3://{BUCKET}/nightly/test.parquet")
+    first = remote.Remote(output, mirror.url_of(output) or "").lock
+    first.take()
+    second = remote.Remote(output, first.url).lock
     s3.write("test.parquet.run/lock.json", json.dumps({"token": "x", "heartbeat": 0}).encode())  # stale
-    second._take_lock()
-    first._refresh_lock()  # back, after the other took over: it must not overwrite the other's lock
-    holder = second._lock_holder()
+    second.take()
+    first.refresh()  # back, after the other took over: it must not overwrite the other's lock
+    holder = second.holder()
     assert holder is not None
     assert holder["token"] == second.token

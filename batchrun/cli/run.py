@@ -115,7 +115,7 @@ def _run_one(
     from batchrun.errors import BatchrunError
     from batchrun.net.endpoint import read_key
     from batchrun.report import runlog
-    from batchrun.store.remote import shown
+    from batchrun.store.mirror import shown
 
     log = logging.getLogger("batchrun")
     env = job.provider.api_key_env

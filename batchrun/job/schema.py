@@ -34,7 +34,7 @@ from batchrun.job.shards import Shard
 from batchrun.providers import KINDS
 from batchrun.providers.headers import parse_duration
 from batchrun.providers.presets import PRESETS
-from batchrun.store import remote
+from batchrun.store import mirror
 
 # Keys whose values are file paths: resolved against the job file's folder or the working directory.
 PATH_KEYS = (("input", "path"), ("output", "path"), ("cache", "path"))
@@ -261,7 +261,7 @@ class Job(_Section):
             raise ValueError(
                 '[batch] enabled needs no cluster (the provider runs the batch): set [engine] kind = "local"'
             )
-        if self.batch.enabled and remote.url_of(self.output.path) is not None:
+        if self.batch.enabled and mirror.url_of(self.output.path) is not None:
             # The batch records (which rows are in which provider batch) are not kept in step with a store:
             # a rerun elsewhere would not know the batches in flight, and could pay for their rows twice.
             raise ValueError(
@@ -277,11 +277,6 @@ class Job(_Section):
         A sweep split by `{variant}` has one output per variant: see `batchrun.job.sweep.split`.
         """
         return paths.fill(self.output.path, job=self.name, started=self.started)
-
-    @property
-    def output_url(self) -> str | None:
-        """The output's URL when it lives on an object store (`output_path` is then its local mirror)."""
-        return remote.url_of(self.output_path)
 
 
 def load_job(
@@ -375,10 +370,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path, job_path: Path) -> None:
 
 def _resolve_path(section: str, key: str, value: str, base: Path, job_path: Path) -> str:
     """A path key's value made absolute against `base`; an output URL becomes its local mirror's path
-    (`batchrun.store.remote`), which stands for the URL wherever the job's output path is used."""
-    if section == "output" and remote.is_url(value):
+    (`batchrun.store.mirror`), which stands for the URL wherever the job's output path is used."""
+    if section == "output" and mirror.is_url(value):
         try:
-            return str(remote.mirror_of(value))
+            return str(mirror.mirror_of(value))
         except ValueError as exc:
             raise JobFileError(job_path, f"[output] path {value[:200]!r}: {exc}") from None
     return str((base / Path(value).expanduser()).resolve())

@@ -17,7 +17,7 @@ from batchrun.job.schema import Job
 from batchrun.providers import KINDS, make_provider
 from batchrun.records import Request
 from batchrun.redact import MASK, SECRET_HEADERS, redact, safe_url, secrets_of
-from batchrun.store.remote import shown
+from batchrun.store.mirror import shown
 
 EMULATOR_URL = "http://127.0.0.1:PORT"  # the emulator's port is picked when a run starts it
 

@@ -30,7 +30,7 @@ from batchrun.job.schema import Job
 from batchrun.report.summary import summary_path
 from batchrun.report.timeline import timeline_path
 from batchrun.store import journal
-from batchrun.store.remote import shown
+from batchrun.store.mirror import shown
 from batchrun.store.runstore import JOURNAL, LOCK, run_folder
 
 MEMORY_MB = 128

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchrun import humanize
-from batchrun.store.remote import shown
+from batchrun.store.mirror import shown
 
 if TYPE_CHECKING:
     import duckdb

@@ -23,8 +23,9 @@ from batchrun.job.shards import Shard, shard_name, shard_of, shard_outputs
 from batchrun.job.sweep import SweepPromptSet, prompt_set
 from batchrun.redact import first_line
 from batchrun.report.summary import Summary, summarize, summary_path, write_summary_json
+from batchrun.store.mirror import url_of
 from batchrun.store.output_writer import LONG_TEXT
-from batchrun.store.remote import Remote, url_of
+from batchrun.store.remote import Remote
 from batchrun.store.runstore import publish, run_folder, run_lock
 
 if TYPE_CHECKING:
@@ -46,10 +47,11 @@ def merge_shards(job: Job, *, count: int | None = None, limit: int | None = None
     """
     output = job.output_path
     url = url_of(output)
+    remote = Remote(output, url) if url is not None else None  # an output on an object store
     with contextlib.ExitStack() as locks:
         locks.enter_context(run_lock(output))  # no run of the whole job writes the output meanwhile
-        if url is not None:
-            _fetch_shards(output, url)
+        if remote is not None:
+            _fetch_shards(remote)
         shards = find_shards(output, count)
         for path in shards:
             if run_folder(path).is_dir():  # a shard's output copied from elsewhere may come without it
@@ -64,39 +66,40 @@ def merge_shards(job: Job, *, count: int | None = None, limit: int | None = None
             tmp.unlink(missing_ok=True)
     summary = summarize(output, job=job.name, note=f"merged from {len(shards)} shards")
     write_summary_json(summary_path(output), summary.as_dict() | {"shards": len(shards)})
-    if url is not None:
-        _send_up(output, url)
+    if remote is not None:
+        _send_up(remote)
     return summary
 
 
-def _fetch_shards(output: Path, url: str) -> None:
-    """Download the shard outputs beside a remote `output` into its mirror; UsageError naming a shard
+def _fetch_shards(remote: Remote) -> None:
+    """Download the shard outputs beside a remote output into its mirror; UsageError naming a shard
     whose run still holds its remote lock."""
-    names = shard_name(output)
+    names = shard_name(remote.output)
     try:
-        beside = Remote(output, url)
-        for name in beside.names_beside():
+        for name in remote.names_beside():
             if names.fullmatch(name) is None:
                 continue
-            shard = output.with_name(name)
-            shard_remote = Remote(shard, f"{url.rpartition('/')[0]}/{name}")
-            running = shard_remote.running_elsewhere()
+            shard = remote.sibling(name)
+            running = shard.lock.running_elsewhere()
             if running is not None:
                 raise UsageError(
-                    f"{shard_remote.url} is still being written by a run on {running}: merge after it ends"
+                    f"{shard.url} is still being written by a run on {running}: merge after it ends"
                 )
-            shard_remote.download(shard_remote.path, shard)
+            shard.download(shard.path, shard.output)
     except OSError as exc:
-        raise UsageError(f"cannot read the shard outputs beside {url}: {first_line(exc, 300)}") from None
+        raise UsageError(
+            f"cannot read the shard outputs beside {remote.url}: {first_line(exc, 300)}"
+        ) from None
 
 
-def _send_up(output: Path, url: str) -> None:
+def _send_up(remote: Remote) -> None:
     """Upload the merged output and its summary; StopRun (exit 3) when the store refuses them."""
+    output = remote.output
     try:
-        Remote(output, url).send_beside(output, summary_path(output))
+        remote.send_beside(output, summary_path(output))
     except OSError as exc:
         raise StopRun(
-            f"cannot send the merged output to {url}: {first_line(exc, 300)}; it is in {output}"
+            f"cannot send the merged output to {remote.url}: {first_line(exc, 300)}; it is in {output}"
         ) from None
 
 

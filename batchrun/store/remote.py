@@ -1,8 +1,8 @@
 """Outputs on an object store: `[output] path = "s3://bucket/runs/{job}.parquet"` (any pyarrow or fsspec URL).
 
-A run works on a local mirror of the output's folder (`~/.cache/batchrun/remote/s3/bucket/runs/`, under
-`$XDG_CACHE_HOME` when set), where everything a run does with files stays as it is for a local output,
-and keeps the remote in step with it:
+A run works on a local mirror of the output's folder (`batchrun.store.mirror`:
+`~/.cache/batchrun/remote/s3/bucket/runs/`, under `$XDG_CACHE_HOME` when set), where everything a run does
+with files stays as it is for a local output, and keeps the remote in step with it:
 
 - The journal goes up in segments. Every `PUSH_SECONDS` the lines appended since the last push become one
   new object `x.parquet.run/results-<generation>-<ms>-<host>-<pid>-<n>.jsonl`: an object store cannot
@@ -14,8 +14,8 @@ and keeps the remote in step with it:
 - `--fresh` writes a new `generation`: segments of another are no machine's journal any more, and a
   mirror of an older generation drops its copy before it sends or takes anything.
 - The output, its summary and log are uploaded when the run ends or stops (an object appears whole).
-- `x.parquet.run/lock.json` names the run using the folder, refreshed every `LOCK_REFRESH_SECONDS`; a run
-  finding another's younger than `LOCK_STALE_SECONDS` exits 2, as a second run on one machine does.
+- `x.parquet.run/lock.json` names the run using the folder (`batchrun.store.remotelock`); a run finding
+  another's alive exits 2, as a second run on one machine does.
 
 What a kill costs: on the same machine nothing (the mirror keeps every line; the next run sends it up);
 with the machine lost, the answers of its last `PUSH_SECONDS`, which a rerun elsewhere sends again.
@@ -42,112 +42,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import BatchrunError, StopRun, UsageError
-from batchrun.redact import excerpt, first_line
+from batchrun.redact import first_line
+from batchrun.store.mirror import missing, open_filesystem, url_of
+from batchrun.store.remotelock import LOCK_REFRESH_SECONDS, StoreLock
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
-__all__ = [
-    "Remote",
-    "is_url",
-    "mirror_of",
-    "mirror_root",
-    "mirrored",
-    "refreshed",
-    "shown",
-    "url_of",
-]
+__all__ = ["Remote", "mirrored", "refreshed"]
 
 PUSH_SECONDS = 5.0
-LOCK_REFRESH_SECONDS = 30.0
-LOCK_STALE_SECONDS = 120.0
-LOCK_SETTLE_SECONDS = 1.0  # two runs taking the lock at once: after this, the one whose write lost sees it
 SEGMENT_MAX_BYTES = 64 << 20  # a long pause's backlog goes up as several objects, never read whole
 COPY_BYTES = 8 << 20
-LOCK = "lock.json"
 GENERATION = "generation"  # the journal's generation on the remote: a new one at every --fresh
 GENESIS = "00000000"  # the generation of a journal no --fresh has replaced
 STATE = "remote.json"  # in the mirror's run folder: what the remote already holds of the journal
 SEGMENT = re.compile(r"results-[0-9a-f]{8}-\d{13}-[A-Za-z0-9.-]{1,40}-\d+-\d{6}\.jsonl")
 
-_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
 log = logging.getLogger("batchrun")
-
-
-def is_url(text: str) -> bool:
-    """Whether an output path names a remote filesystem (`scheme://...`) rather than a local path."""
-    return _URL.fullmatch(text) is not None
-
-
-def mirror_root() -> Path:
-    """Where remote outputs are mirrored: `$XDG_CACHE_HOME/batchrun/remote` (`~/.cache` without it)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "batchrun" / "remote"
-
-
-def mirror_of(url: str) -> Path:
-    """The mirror path of an output URL: `s3://bucket/runs/x.parquet` -> `<root>/s3/bucket/runs/x.parquet`.
-
-    `file://` URLs are local paths. ValueError (naming what to change) for a URL batchrun cannot mirror
-    one to one: credentials, a query or a fragment in it, or `.` / `..` parts.
-    """
-    match = _URL.fullmatch(url)
-    if match is None:
-        raise ValueError(f"{url!r} is not a URL")
-    scheme, rest = match.group(1).lower(), match.group(2)
-    if scheme == "file":
-        return Path("/" + rest.lstrip("/"))
-    if any(mark in rest for mark in "?#@"):
-        raise ValueError(
-            "an output URL takes no credentials, query or fragment: give them to the filesystem through "
-            "the environment (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)"
-        )
-    parts = [part for part in rest.split("/") if part]
-    if len(parts) < 2 or any(part in (".", "..") for part in parts):
-        raise ValueError("an output URL needs a bucket (or host) and a file name, and no '.' or '..' parts")
-    return mirror_root().joinpath(scheme, *parts)
-
-
-def url_of(path: Path) -> str | None:
-    """The URL a mirror path stands for (see `mirror_of`); None for a local output."""
-    try:
-        scheme, *parts = path.relative_to(mirror_root()).parts
-    except ValueError:
-        return None
-    return f"{scheme}://{'/'.join(parts)}" if parts else None
-
-
-def shown(path: Path) -> str:
-    """How an output is named to a person and in summaries: its URL when it is a mirror, else its path."""
-    return url_of(path) or str(path)
-
-
-def open_filesystem(url: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem of `url` and the path of its object there: pyarrow's (s3, gs, hdfs, abfs), else
-    fsspec's when it and the scheme's package are installed. UsageError (exit 2) naming what to install."""
-    import pyarrow as pa
-    import pyarrow.fs as pafs
-
-    try:
-        found: tuple[pafs.FileSystem, str] = pafs.FileSystem.from_uri(url)
-        return found
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
-        pass  # a scheme pyarrow does not have
-    except OSError as exc:
-        raise UsageError(f"cannot reach {url}: {first_line(exc, 300)}") from None
-    scheme = url.partition("://")[0]
-    try:
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(url)
-    except ImportError as exc:
-        raise UsageError(
-            f"{url}: pyarrow has no {scheme}:// filesystem, and fsspec's needs a package not installed "
-            f"({exc.name or 'fsspec'}): pip install fsspec and the {scheme} package it names"
-        ) from None
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"{url}: {first_line(exc, 300)}") from None
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
 @dataclass
@@ -163,16 +75,17 @@ class _State:
 class Remote:
     """The remote side of one mirrored output: its journal segments, lock and files."""
 
-    def __init__(self, output: Path, url: str) -> None:
+    def __init__(self, output: Path, url: str, at: tuple[pafs.FileSystem, str] | None = None) -> None:
+        """`output` is the mirror path of `url`; `at`: its filesystem and path there, when known already."""
         from batchrun.store.runstore import JOURNAL, run_folder
 
         self.output = output
         self.url = url
-        self.fs, self.path = open_filesystem(url)
+        self.fs, self.path = at or open_filesystem(url)
         self.folder = f"{self.path}.run"
         self.local_folder = run_folder(output)
         self.journal = self.local_folder / JOURNAL
-        self.token = uuid.uuid4().hex
+        self.lock = StoreLock(self.fs, self.folder, url)
         self.host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
         self._sequence = 0
         self._state = _State()
@@ -189,7 +102,7 @@ class Remote:
 
         UsageError (exit 2, nothing sent) when the store is out of reach or refuses us.
         """
-        self._take_lock()
+        self.lock.take()
         try:
             self.local_folder.mkdir(parents=True, exist_ok=True)
             self._state = self._read_state()
@@ -198,7 +111,7 @@ class Remote:
             else:
                 self._catch_up()
         except Exception as exc:
-            self._try(self._release_lock)
+            self._try(self.lock.release)
             raise UsageError(f"cannot use {self.url}: {first_line(exc, 300)}. Nothing was sent.") from None
         self._uploaded = {path: _mtime(path) for path in self._files()}
         self._thread = threading.Thread(target=self._keep_pushing, name="batchrun-remote", daemon=True)
@@ -219,7 +132,7 @@ class Remote:
                 f"cannot send the run's files to {self.url}: {first_line(exc, 300)}\nEvery answer is kept in "
                 f"{self.local_folder}; rerun the same command on this machine to send them."
             ) from None
-        self._try(self._release_lock)  # a lock left behind goes stale; the files are up
+        self._try(self.lock.release)  # a lock left behind goes stale; the files are up
 
     def _catch_up(self) -> None:
         """Drop a mirror of a journal `--fresh` replaced elsewhere; then send up what only this mirror
@@ -245,7 +158,7 @@ class Remote:
             try:
                 self.push()
                 if time.monotonic() - refreshed >= LOCK_REFRESH_SECONDS:
-                    self._refresh_lock()
+                    self.lock.refresh()
                     refreshed = time.monotonic()
                 if self._failing:
                     log.warning("%s: reachable again; the journal is sent up", self.url)
@@ -356,7 +269,7 @@ class Remote:
         except FileNotFoundError:
             return GENESIS
         except OSError as exc:
-            if _missing(exc):
+            if missing(exc):
                 return GENESIS
             raise
         return text if re.fullmatch(r"[0-9a-f]{8}", text) else GENESIS
@@ -407,10 +320,10 @@ class Remote:
         summary = summary_path(self.output)
         self.download(f"{_parent(self.path)}/{summary.name}", summary)
 
-    def running_elsewhere(self) -> str | None:
-        """Who holds the remote lock ("host (pid N)"), or None when no run holds it."""
-        holder = self._lock_holder()
-        return None if holder is None else _holder_name(holder)
+    def sibling(self, name: str) -> Remote:
+        """The remote of another output in this one's folder (a shard's), on the same filesystem."""
+        output = self.output.with_name(name)
+        return Remote(output, url_of(output) or "", (self.fs, f"{_parent(self.path)}/{name}"))
 
     def names_beside(self) -> list[str]:
         """The names of the files in the output's folder on the remote."""
@@ -418,77 +331,6 @@ class Remote:
 
         selector = pafs.FileSelector(_parent(self.path), allow_not_found=True)
         return [info.base_name for info in self.fs.get_file_info(selector) if info.is_file]
-
-    # --- the lock -------------------------------------------------------------------------------------
-
-    def _take_lock(self) -> None:
-        try:
-            holder = self._lock_holder()
-            if holder is not None and holder.get("token") != self.token:
-                self._refuse(holder)
-            self._write_lock()
-            time.sleep(LOCK_SETTLE_SECONDS)
-            holder = self._lock_holder()
-        except BatchrunError:
-            raise
-        except Exception as exc:  # any filesystem's error
-            raise UsageError(f"cannot use {self.url}: {first_line(exc, 300)}. Nothing was sent.") from None
-        if holder is None or holder.get("token") != self.token:
-            self._refuse(holder or {})
-
-    def _refresh_lock(self) -> None:
-        """Write the lock again, unless another run has taken it meanwhile (this one was silent too
-        long): that is said loudly, and left to it."""
-        holder = self._lock_holder()
-        if holder is not None and holder.get("token") != self.token:
-            log.error(
-                "%s: the lock was taken by a run on %s while this one could not reach the store; "
-                "both may send the same rows. Stop one of them.",
-                self.url,
-                _holder_name(holder),
-            )
-            return
-        self._write_lock()
-
-    def _lock_holder(self) -> dict[str, Any] | None:
-        """The lock's content while it is fresh; None when there is none or its run has gone silent."""
-        try:
-            with self.fs.open_input_stream(f"{self.folder}/{LOCK}") as f:
-                data = f.read(4096)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if _missing(exc):
-                return None
-            raise
-        try:
-            holder = json.loads(data)
-        except ValueError:  # not batchrun's (or cut short): nobody's lock
-            return None
-        if not isinstance(holder, dict):
-            return None
-        beat = holder.get("heartbeat")
-        if not isinstance(beat, int | float) or time.time() - beat > LOCK_STALE_SECONDS:
-            return None
-        if holder.get("host") == socket.gethostname()[:64] and not _alive(holder.get("pid")):
-            return None  # a run killed on this machine: no need to wait for its lock to go stale
-        return holder
-
-    def _refuse(self, holder: dict[str, Any]) -> None:
-        raise UsageError(
-            f"{self.url} is in use by a batchrun run on {_holder_name(holder)}: wait for it to end, or stop "
-            "it; two runs of one job at once would send every row twice. A run silent for "
-            f"{LOCK_STALE_SECONDS:.0f} s loses the lock. Nothing was sent."
-        )
-
-    def _write_lock(self) -> None:
-        body = {"host": socket.gethostname()[:64], "pid": os.getpid(), "token": self.token}
-        self._write(f"{self.folder}/{LOCK}", json.dumps(body | {"heartbeat": time.time()}).encode())
-
-    def _release_lock(self) -> None:
-        holder = self._lock_holder()
-        if holder is not None and holder.get("token") == self.token:
-            self.fs.delete_file(f"{self.folder}/{LOCK}")
 
     # --- files ----------------------------------------------------------------------------------------
 
@@ -582,24 +424,6 @@ def mirrored(output: Path, *, fresh: bool = False) -> Iterator[Remote | None]:
     remote.finish()
 
 
-def _holder_name(holder: dict[str, Any]) -> str:
-    """The run a lock names, "host (pid N)", bounded and redacted (the lock's text is anyone's)."""
-    return excerpt(f"{holder.get('host', 'another machine')} (pid {holder.get('pid', '?')})", 80)
-
-
-def _alive(pid: object) -> bool:
-    """Whether a process of this machine with this pid lives (True when that cannot be told)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists, as another user's
-    return True
-
-
 def _parent(path: str) -> str:
     return path.rpartition("/")[0]
 
@@ -609,9 +433,3 @@ def _mtime(path: Path) -> int:
         return path.stat().st_mtime_ns
     except OSError:
         return -1
-
-
-def _missing(exc: BaseException) -> bool:
-    """Whether a filesystem error means "no such file" (pyarrow's S3 says so in an OSError's text)."""
-    text = str(exc)
-    return "NoSuchKey" in text or "Path does not exist" in text or "not found" in text.lower()
