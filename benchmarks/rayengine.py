@@ -222,7 +222,7 @@ def limits(rows: int, root: Path) -> None:
     root.mkdir()
     engines = (("local", []), ("ray, 2 workers", ray_flags(2)), ("ray, 4 workers", ray_flags(4)))
     for tokens in (False, True):
-        for name, flags in engines[: 2 if tokens else 3]:
+        for name, flags in engines:
             row = limit_share(rows, root, flags, f"{name} {'TPM' if tokens else 'RPM'}", tokens=tokens)
             row[0] = name
             print("| " + " | ".join(row) + " |", flush=True)

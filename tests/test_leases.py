@@ -147,8 +147,9 @@ def test_without_a_pace_a_span_is_time_for_any_number_of_requests() -> None:
     assert client.requests.reserve(1, clock.t + OPEN_S) == math.inf  # past its end: the next lease
 
 
-def test_the_desk_corrects_the_token_schedule_from_reported_usage() -> None:
-    """Tokens reserved beyond what a reply used go back to the shared schedule: the next span comes sooner."""
+def test_the_desk_leaves_the_correction_of_a_reservation_to_the_worker() -> None:
+    """A reported reply moves the shared schedule by nothing: its worker gave back what it did not use in
+    its own span at once, and sent the desk only what that span could not hold (`overdrawn`)."""
     clock = FakeClock()
     desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
     spans = [desk.lease(Ask(0, 500)).tokens for _ in range(5)]  # half a second of the schedule ahead
@@ -156,9 +157,86 @@ def test_the_desk_corrects_the_token_schedule_from_reported_usage() -> None:
     last = spans[-1]
     assert last is not None
     used = Outcome(clock.t, 500, 400, usage=(90, 10, None, None, 100))
-    after = desk.lease(Ask(0, 100, (used,))).tokens
+    after = desk.lease(Ask(0, 100, (used,), overdrawn=(0.0, -150))).tokens
     assert after is not None
-    assert after.start == pytest.approx(last.end - 400 / 1000)  # 1,000 tokens a second
+    assert after.start == pytest.approx(last.end - 150 / 1000)  # 1,000 tokens a second
+
+
+def test_tokens_a_reply_did_not_use_go_back_into_the_workers_span_at_once() -> None:
+    """As in one process, a reservation's unused tokens are there for the worker's next take: the span it
+    is in takes them back, so the correction does not wait for the desk (whose schedule is leased ahead:
+    given back there, it came a span or more late, where it bunched with what was sent on time)."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
+    client = LeaseClient(never, clock)
+    client.adopt(desk.lease(Ask(0, 100)))  # 100 tokens: 0.1 s of the schedule, 1,000 tokens a second
+    pacer = client.tokens
+    assert pacer.reserve(60, clock.t) == 0
+    pacer.give_back(30)  # the reply used 30 of its 60
+    clock.t += 0.03
+    assert pacer.reserve(60, clock.t) == 0  # 40 left in the span, and the 30 given back
+    assert client.next_ask().overdrawn == (0.0, 0.0)
+
+
+def test_tokens_a_span_cannot_take_back_are_dropped_and_more_than_it_holds_go_to_the_desk() -> None:
+    """A span takes back no more than was taken in it (before it, the schedule is another worker's); the
+    rest is dropped, as a `Pacer` drops what it cannot catch up on (given to the desk, it came back a lead
+    later and bunched with what was sent on time). A reply that used more than it reserved moves the take
+    past the span's end by what is left over, and that the desk is told."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
+    client = LeaseClient(never, clock)
+    client.adopt(desk.lease(Ask(0, 100)))
+    pacer = client.tokens
+    assert pacer.reserve(60, clock.t) == 0
+    pacer.give_back(100)  # 60 fit back in the span
+    assert client.next_ask().overdrawn == (0.0, 0.0)
+    assert pacer.reserve(60, clock.t) == 0
+    pacer.give_back(-70)  # it used 130: 40 more fill the span, 30 go past its end
+    assert client.next_ask().overdrawn == (0.0, pytest.approx(30))
+    assert math.isinf(pacer.reserve(1, clock.t))  # the span is full: the next lease
+
+
+def test_a_token_span_holds_a_whole_number_of_the_workers_takes() -> None:
+    """Sized in whole takes, a span is filled exactly: no part of it is left that no take fits, to go back
+    to the desk and come back later where it bunches with what was sent on time."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
+    span = desk.lease(Ask(0, 1000, token_take=30)).tokens  # at most 100 tokens (LEASE_S): three takes
+    assert span is not None
+    assert span.end - span.start == pytest.approx(0.09)
+    big = desk.lease(Ask(0, 10, token_take=250)).tokens  # one take larger than LEASE_S holds: one take
+    assert big is not None
+    assert big.end - big.start == pytest.approx(0.25)
+    client = LeaseClient(never, clock)
+    assert client.next_ask().token_take == 0.0  # nothing taken yet: any amount
+    clock.t += 0.34  # the two spans above have passed
+    client.adopt(desk.lease(Ask(0, 1000, token_take=30)))
+    assert client.tokens.reserve(30, clock.t) == 0
+    assert client.next_ask().token_take == 30
+
+
+def test_a_take_grown_a_little_since_its_span_was_sized_still_goes() -> None:
+    """A reservation a little larger than the takes the span was sized for (the estimate moved) runs past
+    its end by that little, told to the desk, rather than leave the whole take's room unused."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
+    client = LeaseClient(never, clock)
+    client.adopt(desk.lease(Ask(0, 1000, token_take=30)))  # 90 tokens: 0.09 s
+    pacer = client.tokens
+    for _ in range(2):
+        assert pacer.reserve(30, clock.t) == 0
+        clock.t += 0.03
+    assert pacer.reserve(31, clock.t) == 0  # one token past the end: within OVERRUN of a take
+    assert client.next_ask().overdrawn == (0.0, pytest.approx(1))
+    other = LeaseClient(never, clock)
+    desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
+    other.adopt(desk.lease(Ask(0, 1000, token_take=30)))
+    for _ in range(2):
+        assert other.tokens.reserve(30, clock.t) == 0
+        clock.t += 0.03
+    assert math.isinf(other.tokens.reserve(33, clock.t))  # 3 past the end: more than OVERRUN, it waits
+    assert other.next_ask().overdrawn == (0.0, pytest.approx(-30))  # and the 30 left go back
 
 
 def test_tokens_taken_past_a_span_move_the_desks_schedule_on() -> None:

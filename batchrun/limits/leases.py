@@ -14,13 +14,15 @@ a stretch of schedule to fill at the rate, not a pile of tokens to spend).
 
 A span is at most `LEASE_S` of schedule, sized to what the worker will send in it (the requests waiting on
 its pacer, or its recent pace), so a worker that cannot fill its span does not waste the others' rate. A
-request span holds a whole number of requests, which fill it exactly. A take of tokens that would end past
-its span (in the stretch leased next, to another worker: together they would burst) waits for a span it
-fits in, and what was left of the first goes back to the desk; only a take larger than any span starts in
-one and ends past it, and the desk moves its schedule on by what was overdrawn. A worker asks for its next
-span as it starts on its last one, so the next is there when this one ends: one call per span, not per
-request. Its outcomes travel with that call (a 429 at once, not waiting for the next
-span), and the answer carries the desk's cooldown, which holds the worker's pacers too.
+span holds a whole number of the worker's takes (requests; the tokens its latest request reserved), which
+fill it exactly. A take of tokens that would end past its span by more than a little (`OVERRUN`: in the
+stretch leased next, to another worker, together they would burst) waits for a span it fits in, and what
+was left of the first goes back to the desk; what a take does run past the end (a little, or a take larger
+than any span) moves the desk's schedule on. Tokens a reply did not use go back into the worker's span in
+use at once, as on a `Pacer`; tokens it used beyond its reservation move the span's next take on. A worker
+asks for its next span as it starts on its last one, so the next is there when this one ends: one call per
+span, not per request. Its outcomes travel with that call (a 429 at once, not waiting for the next span),
+and the answer carries the desk's cooldown, which holds the worker's pacers too.
 
 With no pace at all (nothing configured, announced or learned yet), a span is `OPEN_S` of time in which
 the worker sends as fast as its concurrency allows; its next call learns of any pace found meanwhile.
@@ -51,6 +53,7 @@ REPORT_BATCH = 1_000  # outcomes held before they are sent without waiting for t
 EPSILON = 1e-7  # seconds: a span's end reached by adding intervals up may fall short of it by rounding
 CLOCK_SLACK = 1e-3  # seconds: how far two leases' times may disagree from their translation alone
 SPEED_WEIGHT = 0.3  # how fast a worker's measured pace follows new leases
+OVERRUN = 0.05  # the share of a take that may run past its span's end (its reservation grew since)
 
 
 class Clock:
@@ -107,6 +110,7 @@ class Ask:
     tokens: float
     outcomes: tuple[Outcome, ...] = ()
     overdrawn: tuple[float, float] = (0.0, 0.0)  # units of each pace taken past the ends of spans
+    token_take: float = 0.0  # the worker's take of tokens now: its span holds a whole number of them
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,33 +152,40 @@ class LeaseDesk:
             if limiter.tokens is None:  # no token limit: a stretch of time without one
                 tokens = Span(0.0, OPEN_S, math.inf)
             else:
-                tokens = self._grant(limiter.tokens, ask.tokens, now)
+                tokens = self._grant(limiter.tokens, ask.tokens, now, ask.token_take)
         requests = None
         if ask.requests > 0:
-            requests = self._grant(limiter.requests, ask.requests, now, whole=True)
+            requests = self._grant(limiter.requests, ask.requests, now, 1.0)
         return Grant(clock.to_wall(now), requests, tokens, limiter.cooldown_left_s, limiter.pace_per_s)
 
-    def _grant(self, pacer: Pacer, amount: float, now: float, *, whole: bool = False) -> Span:
-        """A span of `pacer`'s schedule for `amount`, in seconds from `now` (at most `LEASE_S` of it;
-        `whole`: a whole number of units, which takes of one unit fill exactly); with no pace, `OPEN_S` of
-        time."""
+    def _grant(self, pacer: Pacer, amount: float, now: float, take: float) -> Span:
+        """A span of `pacer`'s schedule for `amount`, in seconds from `now`: at most `LEASE_S` of it, and a
+        whole number of `take`s (at least one; 0: any amount), which takes of that size fill exactly; with
+        no pace, `OPEN_S` of time."""
         rate = pacer.rate_per_s
         if math.isinf(rate):
             start = pacer.lease(0, now) - now  # after a cooldown's hold, if one is on
             return Span(start, start + OPEN_S, rate)
         amount = min(amount, rate * LEASE_S)
-        if whole:
-            amount = max(1.0, math.floor(amount))
+        if take > 0:
+            amount = max(1.0, math.floor(amount / take + EPSILON)) * take
         start = pacer.lease(amount, now) - now
         return Span(start, start + amount / rate, rate)
 
     def _learn(self, outcome: Outcome) -> None:
-        """Feed one outcome to the limiter, as the worker's own attempt would have in one process."""
+        """Feed one outcome to the limiter, as the worker's own attempt would have in one process.
+
+        Tokens reserved and not used (or used beyond the reservation) are not given back here: the worker
+        gave them back in its own span at once, and sent what it could not as `overdrawn`.
+        """
         limiter = self.limiter
         sent_at = self.clock.from_wall(outcome.sent_at)
-        ticket = Ticket(outcome.tokens, sent_at, slot=False, est_prompt_tokens=outcome.est_prompt_tokens)
-        if outcome.usage is not None:
-            limiter.on_success(ticket, Usage(*outcome.usage), outcome.rate or NO_RATE_INFO)
+        usage = outcome.usage
+        # A ticket holding what was used, or nothing for a failure: the limiter then gives nothing back.
+        held = 0 if usage is None else (outcome.tokens if usage[4] is None else usage[4])
+        ticket = Ticket(held, sent_at, slot=False, est_prompt_tokens=outcome.est_prompt_tokens)
+        if usage is not None:
+            limiter.on_success(ticket, Usage(*usage), outcome.rate or NO_RATE_INFO)
         elif outcome.error_type is not None:
             exc = ProviderError(
                 "reported by a worker",
@@ -193,8 +204,8 @@ class LeasedPacer(Pacer):
     Within a span it spaces takes at the span's rate as a `Pacer` does (a late waiter caught up by one
     interval, idle time never banked); a span used up or past is dropped for the next. With none left, a take
     waits for the next lease. `want` is called whenever it starts on the last span it holds, or holds none.
-    Its rate is the span's: the worker's own `Limiter` setting it is ignored. What a worker gives back goes
-    to the desk with the attempt's outcome instead (`Limiter.on_success` there corrects the shared schedule).
+    Its rate is the span's: the worker's own `Limiter` setting it is ignored. What the worker's `Limiter`
+    gives back goes into the span in use (`give_back`).
     """
 
     def __init__(self, want: Callable[[], None]) -> None:
@@ -207,6 +218,7 @@ class LeasedPacer(Pacer):
         self.speed = 0.0  # units a second lately (`measure`)
         self.overdrawn = 0.0  # units taken past the ends of spans (less those left), not told the desk yet
         self.least = 0.0  # the next span must hold this much: a take that did not fit in the last one
+        self.last_take = 0.0  # the size of the latest take: spans are leased in whole takes of it
         self._measured = 0.0  # units taken at the last measure
         super().__init__()
 
@@ -259,12 +271,13 @@ class LeasedPacer(Pacer):
                 self._next = span.start if self._next <= span.start + CLOCK_SLACK else self._next
                 if not self._spans:
                     self._want()  # starting on the last span held: the next is asked for now
+            self.last_take = amount
             interval = amount / span.rate_per_s
             start = max(self._next, now - interval)
             if start >= span.end - EPSILON:  # adding intervals up leaves 0.9999999 where 1 was meant
                 self._span = None  # used up, or past
                 continue
-            if start + interval > span.end + EPSILON and interval <= LEASE_S:
+            if start + interval > span.end + max(EPSILON, OVERRUN * interval) and interval <= LEASE_S:
                 # It would run into the next stretch of the desk's schedule, leased to another worker by
                 # now: together they would send more than the rate in that moment (a strict window's 429).
                 # It waits for a span it fits in (asked that large); the rest of this one goes back.
@@ -296,7 +309,22 @@ class LeasedPacer(Pacer):
                     await anyio.sleep(wait)
 
     def give_back(self, amount: float) -> None:
-        """Nothing here: the desk corrects the shared schedule from the attempt's outcome."""
+        """Return units taken but not used (or take more, with a negative amount) in the span in use, as a
+        `Pacer` does on its schedule: at once, where the worker's next takes see it.
+
+        A span takes back no more than was taken in it (before its start, the schedule is another
+        worker's): the rest is dropped, as a `Pacer` drops what it cannot catch up on. Given to the desk,
+        whose schedule is leased a few spans ahead, it came back that much later, where it bunched with
+        what was sent on time (a sliding window's 429s, and trims that cost more than it gave back). What
+        is taken past the span's end goes to the desk (`overdrawn`), which moves its schedule on.
+        """
+        span = self._span
+        if span is None or math.isinf(span.rate_per_s) or self._next > span.end:  # none, or held past it
+            self.overdrawn -= min(amount, 0.0)
+            return
+        moved = self._next - amount / span.rate_per_s
+        self._next = min(max(moved, span.start), span.end)
+        self.overdrawn += max(moved - self._next, 0.0) * span.rate_per_s
 
 
 class LeaseClient:
@@ -354,7 +382,7 @@ class LeaseClient:
         outcomes, self._outcomes = tuple(self._outcomes), []
         overdrawn = (self.requests.overdrawn, self.tokens.overdrawn)
         self.requests.overdrawn = self.tokens.overdrawn = 0.0
-        return Ask(requests, tokens, outcomes, overdrawn)
+        return Ask(requests, tokens, outcomes, overdrawn, self.tokens.least or self.tokens.last_take)
 
     def _wants(self) -> tuple[float, float]:
         """Units of each pace to ask for: none while a span waits its turn; else what the worker will send
