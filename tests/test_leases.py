@@ -178,23 +178,31 @@ def test_tokens_a_reply_did_not_use_go_back_into_the_workers_span_at_once() -> N
     assert client.next_ask().overdrawn == (0.0, 0.0)
 
 
-def test_tokens_a_span_cannot_take_back_are_dropped_and_more_than_it_holds_go_to_the_desk() -> None:
-    """A span takes back no more than was taken in it (before it, the schedule is another worker's); the
-    rest is dropped, as a `Pacer` drops what it cannot catch up on (given to the desk, it came back a lead
-    later and bunched with what was sent on time). A reply that used more than it reserved moves the take
-    past the span's end by what is left over, and that the desk is told."""
+def test_a_span_takes_back_to_one_take_before_its_start_and_the_desk_hears_of_overuse() -> None:
+    """Tokens given back move the worker's schedule back to one take before its span at most (before it,
+    the stretch is another worker's: as a `Pacer` catches a late take up by one interval, the make-up
+    bunches one take at most); the rest is dropped, as a `Pacer` drops what it cannot catch up on (given
+    to the desk, it came back a lead later and bunched with what was sent on time). A reply that used more
+    than it reserved moves the take past the span's end by what is left over, and that the desk is told."""
     clock = FakeClock()
     desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
     client = LeaseClient(never, clock)
-    client.adopt(desk.lease(Ask(0, 100)))
+    client.adopt(desk.lease(Ask(0, 100)))  # 100 tokens: 0.1 s, 1,000 tokens a second
     pacer = client.tokens
     assert pacer.reserve(60, clock.t) == 0
-    pacer.give_back(100)  # 60 fit back in the span
+    pacer.give_back(200)  # 120 go back: to one take (60) before the span's start; 80 are dropped
     assert client.next_ask().overdrawn == (0.0, 0.0)
-    assert pacer.reserve(60, clock.t) == 0
-    pacer.give_back(-70)  # it used 130: 40 more fill the span, 30 go past its end
-    assert client.next_ask().overdrawn == (0.0, pytest.approx(30))
-    assert math.isinf(pacer.reserve(1, clock.t))  # the span is full: the next lease
+    assert [pacer.reserve(60, clock.t) for _ in range(2)] == [0, 0]  # so two more go now
+    assert math.isinf(pacer.reserve(60, clock.t))  # and 40 are left: carried into the next span
+    assert pacer.carried == pytest.approx(40)
+
+    desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
+    other = LeaseClient(never, clock)
+    other.adopt(desk.lease(Ask(0, 100)))
+    assert other.tokens.reserve(60, clock.t) == 0
+    other.tokens.give_back(-70)  # it used 130: 40 more fill the span, 30 go past its end
+    assert other.next_ask().overdrawn == (0.0, pytest.approx(30))
+    assert math.isinf(other.tokens.reserve(1, clock.t))  # the span is full: the next lease
 
 
 def test_a_token_span_holds_a_whole_number_of_the_workers_takes() -> None:
@@ -236,7 +244,7 @@ def test_a_take_grown_a_little_since_its_span_was_sized_still_goes() -> None:
         assert other.tokens.reserve(30, clock.t) == 0
         clock.t += 0.03
     assert math.isinf(other.tokens.reserve(33, clock.t))  # 3 past the end: more than OVERRUN, it waits
-    assert other.next_ask().overdrawn == (0.0, pytest.approx(-30))  # and the 30 left go back
+    assert other.tokens.carried == pytest.approx(30)  # and the 30 left are carried into the next span
 
 
 def test_tokens_taken_past_a_span_move_the_desks_schedule_on() -> None:
@@ -254,7 +262,9 @@ def test_tokens_taken_past_a_span_move_the_desks_schedule_on() -> None:
 
 
 def test_a_take_that_would_cross_into_another_workers_span_waits_for_a_span_it_fits_in() -> None:
-    """Tokens that fit a span but not what is left of this one wait for the next; the rest goes back."""
+    """Tokens that fit a span but not what is left of this one wait for the next, and what was left is
+    carried into it: it begins that much earlier for this worker. (Given back to the desk, the rest came
+    back overlapping the stretch leased last, and was lost when that was this worker's own.)"""
     clock = FakeClock()
     desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
     client = LeaseClient(never, clock)
@@ -262,11 +272,11 @@ def test_a_take_that_would_cross_into_another_workers_span_waits_for_a_span_it_f
     assert client.tokens.reserve(60, clock.t) == 0  # 40 left
     assert math.isinf(client.tokens.reserve(60, clock.t))  # would end 20 tokens into the next stretch
     ask = client.next_ask()
-    assert ask.overdrawn == (0.0, pytest.approx(-40))  # the 40 unused go back to the desk
+    assert ask.overdrawn == (0.0, 0.0)  # the 40 unused stay with the worker
     assert ask.tokens >= 60  # and the next span holds the take whole
-    client.adopt(desk.lease(ask))
+    client.adopt(desk.lease(ask))  # from 0.1 s, where the first ends
     clock.t += 0.06  # the first take's 60 tokens have passed
-    assert client.tokens.reserve(60, clock.t) == 0
+    assert client.tokens.reserve(60, clock.t) == 0  # 40 tokens (0.04 s) early
 
 
 def test_a_pacer_without_a_span_waits_for_the_next_lease() -> None:

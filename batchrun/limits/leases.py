@@ -16,10 +16,11 @@ A span is at most `LEASE_S` of schedule, sized to what the worker will send in i
 its pacer, or its recent pace), so a worker that cannot fill its span does not waste the others' rate. A
 span holds a whole number of the worker's takes (requests; the tokens its latest request reserved), which
 fill it exactly. A take of tokens that would end past its span by more than a little (`OVERRUN`: in the
-stretch leased next, to another worker, together they would burst) waits for a span it fits in, and what
-was left of the first goes back to the desk; what a take does run past the end (a little, or a take larger
-than any span) moves the desk's schedule on. Tokens a reply did not use go back into the worker's span in
-use at once, as on a `Pacer`; tokens it used beyond its reservation move the span's next take on. A worker
+stretch leased next, to another worker, together they would burst) waits for a span it fits in, which
+the worker starts that much earlier by what was left of the first; what a take does run past the end (a
+little, or a take larger than any span) moves the desk's schedule on. Tokens a reply did not use go back
+into the worker's span in use at once, as on a `Pacer`; tokens it used beyond its reservation move the
+span's next take on. A worker
 asks for its next span as it starts on its last one, so the next is there when this one ends: one call per
 span, not per request. Its outcomes travel with that call (a 429 at once, not waiting for the next span),
 and the answer carries the desk's cooldown, which holds the worker's pacers too.
@@ -218,6 +219,7 @@ class LeasedPacer(Pacer):
         self.speed = 0.0  # units a second lately (`measure`)
         self.overdrawn = 0.0  # units taken past the ends of spans (less those left), not told the desk yet
         self.least = 0.0  # the next span must hold this much: a take that did not fit in the last one
+        self.carried = 0.0  # units left in the last span that no take fitted: the next one begins early
         self.last_take = 0.0  # the size of the latest take: spans are leased in whole takes of it
         self._measured = 0.0  # units taken at the last measure
         super().__init__()
@@ -268,7 +270,9 @@ class LeasedPacer(Pacer):
                 # Spans back to back in the desk's schedule may reach here overlapping by microseconds: each
                 # lease's times are translated from wall-clock time on their own. Carried over, that overlap
                 # pushed the span's last take past its end, and the unit was lost (5% of a 2-worker limit).
-                self._next = span.start if self._next <= span.start + CLOCK_SLACK else self._next
+                if self._next <= span.start + CLOCK_SLACK:
+                    self._next = span.start - self.carried / span.rate_per_s
+                self.carried = 0.0
                 if not self._spans:
                     self._want()  # starting on the last span held: the next is asked for now
             self.last_take = amount
@@ -276,12 +280,15 @@ class LeasedPacer(Pacer):
             start = max(self._next, now - interval)
             if start >= span.end - EPSILON:  # adding intervals up leaves 0.9999999 where 1 was meant
                 self._span = None  # used up, or past
+                self.carried = 0.0
                 continue
             if start + interval > span.end + max(EPSILON, OVERRUN * interval) and interval <= LEASE_S:
                 # It would run into the next stretch of the desk's schedule, leased to another worker by
                 # now: together they would send more than the rate in that moment (a strict window's 429).
-                # It waits for a span it fits in (asked that large); the rest of this one goes back.
-                self.overdrawn -= (span.end - start) * span.rate_per_s
+                # It waits for a span it fits in (asked that large), and the rest of this one is carried
+                # into that span (given back to the desk, it came back overlapping the stretch leased
+                # last: lost, when that was this worker's too).
+                self.carried = (span.end - start) * span.rate_per_s
                 self.least = max(self.least, amount)
                 self._span = None
                 continue
@@ -312,8 +319,9 @@ class LeasedPacer(Pacer):
         """Return units taken but not used (or take more, with a negative amount) in the span in use, as a
         `Pacer` does on its schedule: at once, where the worker's next takes see it.
 
-        A span takes back no more than was taken in it (before its start, the schedule is another
-        worker's): the rest is dropped, as a `Pacer` drops what it cannot catch up on. Given to the desk,
+        The schedule moves back to one take before the span's start at most (before it, the stretch is
+        another worker's: as a `Pacer` catches a late take up by one interval, a make-up bunches one take
+        at most); the rest is dropped, as a `Pacer` drops what it cannot catch up on. Given to the desk,
         whose schedule is leased a few spans ahead, it came back that much later, where it bunched with
         what was sent on time (a sliding window's 429s, and trims that cost more than it gave back). What
         is taken past the span's end goes to the desk (`overdrawn`), which moves its schedule on.
@@ -323,7 +331,7 @@ class LeasedPacer(Pacer):
             self.overdrawn -= min(amount, 0.0)
             return
         moved = self._next - amount / span.rate_per_s
-        self._next = min(max(moved, span.start), span.end)
+        self._next = min(max(moved, span.start - self.last_take / span.rate_per_s), span.end)
         self.overdrawn += max(moved - self._next, 0.0) * span.rate_per_s
 
 
