@@ -15,7 +15,7 @@ Two tables, every figure of a table measured in the same run:
 2. One rate limit for the cluster: against the emulator (in this process) enforcing 3,000 requests a minute
    over a sliding one-second window (the strictest reading of DashScope's rule), bare 429s, 0.1 s latency,
    the limit configured in the job: the local engine, then Ray with 2 and 4 workers; then 3,000,000 tokens a
-   minute with ~1,000-token prompts (the tokens binding), local and 2 workers. The share of the limit is
+   minute with ~1,000-token prompts (the tokens binding), the same three. The share of the limit is
    the answers per whole second between the first and the last second with answers (start-up left out;
    for tokens, times the mean tokens an answer counted), over limit/60; 429s are the share of all requests
    refused.
