@@ -13,17 +13,17 @@ follows the desk's one schedule: as smooth as one process's, with no burst when 
 a stretch of schedule to fill at the rate, not a pile of tokens to spend).
 
 A span is at most `LEASE_S` of schedule, sized to what the worker will send in it (the requests waiting on
-its pacer, or its recent pace), so a worker that cannot fill its span does not waste the others' rate. A
-span holds a whole number of the worker's takes (requests; the tokens its latest request reserved), which
-fill it exactly. A take of tokens that would end past its span by more than a little (`OVERRUN`: in the
-stretch leased next, to another worker, together they would burst) waits for a span it fits in, which
-the worker starts that much earlier by what was left of the first; what a take does run past the end (a
+its pacer, or its recent pace), so a worker that cannot fill its span does not waste the others' rate; it
+holds a whole number of the worker's takes (a request; the tokens its latest request reserved), which fill
+it exactly. A take of tokens that would end past its span by more than a little (`OVERRUN`) would run into
+the stretch leased next, to another worker (together they would burst): it waits for a span it fits in,
+which the worker starts early by what was left of the first. What a take does run past a span's end (a
 little, or a take larger than any span) moves the desk's schedule on. Tokens a reply did not use go back
-into the worker's span in use at once, as on a `Pacer`; tokens it used beyond its reservation move the
-span's next take on. A worker
-asks for its next span as it starts on its last one, so the next is there when this one ends: one call per
-span, not per request. Its outcomes travel with that call (a 429 at once, not waiting for the next span),
-and the answer carries the desk's cooldown, which holds the worker's pacers too.
+into the worker's span at once, as on a `Pacer` (`LeasedPacer.give_back`); tokens it used beyond its
+reservation move the span's next take on. A worker asks for its next span as it starts on its last one, so
+the next is there when this one ends: one call per span, not per request. Its outcomes travel with that
+call (a 429 at once, not waiting for the next span), and the answer carries the desk's cooldown, which
+holds the worker's pacers too.
 
 With no pace at all (nothing configured, announced or learned yet), a span is `OPEN_S` of time in which
 the worker sends as fast as its concurrency allows; its next call learns of any pace found meanwhile.
@@ -177,7 +177,7 @@ class LeaseDesk:
         """Feed one outcome to the limiter, as the worker's own attempt would have in one process.
 
         Tokens reserved and not used (or used beyond the reservation) are not given back here: the worker
-        gave them back in its own span at once, and sent what it could not as `overdrawn`.
+        did that in its own span at once (`LeasedPacer.give_back`).
         """
         limiter = self.limiter
         sent_at = self.clock.from_wall(outcome.sent_at)
@@ -328,7 +328,7 @@ class LeasedPacer(Pacer):
         """
         span = self._span
         if span is None or math.isinf(span.rate_per_s) or self._next > span.end:  # none, or held past it
-            self.overdrawn -= min(amount, 0.0)
+            self.overdrawn -= min(amount, 0.0)  # units given back are dropped; units used beyond, told
             return
         moved = self._next - amount / span.rate_per_s
         self._next = min(max(moved, span.start - self.last_take / span.rate_per_s), span.end)
