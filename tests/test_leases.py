@@ -23,6 +23,7 @@ from batchrun.limits.leases import (
     Outcome,
     Span,
 )
+from batchrun.limits.pacer import Pacer
 from batchrun.limits.pacing import Limiter, Ticket
 from batchrun.providers.headers import NO_RATE_INFO
 from batchrun.records import Usage
@@ -224,6 +225,89 @@ def test_a_token_span_holds_a_whole_number_of_the_workers_takes() -> None:
     assert client.next_ask().token_take == 30
 
 
+def test_a_span_that_eleven_takes_fill_holds_eleven() -> None:
+    """100 / (100 / 11) is 10.999999999999998 in floats: rounding must not cost a take."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
+    span = desk.lease(Ask(0, 1000, token_take=100 / 11)).tokens
+    assert span is not None
+    assert span.end - span.start == pytest.approx(LEASE_S)
+
+
+def test_a_take_that_did_not_fit_sizes_the_next_span() -> None:
+    """The next span is leased in whole takes of the one that waits, not of the last that went."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
+    client = LeaseClient(never, clock)
+    client.adopt(desk.lease(Ask(0, 100)))
+    assert client.tokens.reserve(30, clock.t) == 0
+    assert math.isinf(client.tokens.reserve(80, clock.t))  # 70 left: it waits
+    client.tokens.reserve(20, clock.t)  # a smaller take comes by meanwhile
+    assert client.next_ask().token_take == 80
+
+
+def test_a_span_used_up_leaves_nothing_to_carry() -> None:
+    """Only room a take did not fit is carried: after a span filled exactly, the next starts on time."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
+    client = LeaseClient(never, clock)
+    pacer = client.tokens
+    client.adopt(desk.lease(Ask(0, 120, token_take=60)))  # [0, 0.06): 100 tokens at most hold one take
+    assert pacer.reserve(60, clock.t) == 0
+    assert math.isinf(pacer.reserve(60, clock.t + 0.06))  # used up
+    assert pacer.carried == 0
+    clock.t += 0.5
+    client.adopt(desk.lease(Ask(0, 60, token_take=60)))  # [0.5, 0.56)
+    assert pacer.reserve(60, clock.t - 0.01) == pytest.approx(0.01)  # at its start, not before
+
+
+def test_a_give_back_never_moves_a_workers_schedule_later_nor_into_a_hold() -> None:
+    """A give-back moves the schedule back or leaves it; a cooldown holds whatever replies give back."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
+    client = LeaseClient(never, clock)
+    pacer = client.tokens
+    client.adopt(desk.lease(Ask(0, 100)))  # [0, 0.1)
+    assert pacer.reserve(60, clock.t) == 0
+    assert math.isinf(pacer.reserve(60, clock.t))  # 40 carried
+    client.adopt(desk.lease(Ask(0, 100, token_take=10)))  # [0.1, 0.2): starts 40 early, at 0.06
+    assert pacer.reserve(10, clock.t + 0.06) == 0  # a take of 10, the latest: one take is 0.01 s
+    pacer.give_back(1)  # already more than one take (10) before the span: it stays where it is
+    assert pacer.reserve(10, clock.t + 0.07) == 0  # at 0.07, not pulled on to 0.09
+    pacer.hold_until(clock.t + 0.15)  # a 429 elsewhere
+    pacer.give_back(500)
+    assert pacer.reserve(10, clock.t + 0.1) == pytest.approx(0.05)
+
+
+def test_a_give_back_never_moves_a_pacer_into_a_hold() -> None:
+    """One process's pacer too: a reply that arrives during a cooldown does not let a take through it."""
+    pacer = Pacer(100.0)
+    assert pacer.reserve(1, 10.0) == 0
+    pacer.hold_until(11.0)
+    pacer.give_back(50)
+    assert pacer.reserve(1, 10.5) == pytest.approx(0.5)
+
+
+def test_past_the_end_of_a_hold_or_without_a_token_limit_only_overuse_is_told() -> None:
+    """Where the span cannot take a give-back (a hold reaching past its end, no token limit), tokens given
+    back are dropped and tokens used beyond the reservation still reach the desk."""
+    clock = FakeClock()
+    desk = LeaseDesk(Limiter(concurrency=8, tokens_per_minute=60_000), backoff_s=0.1, clock=clock)
+    client = LeaseClient(never, clock)
+    client.adopt(desk.lease(Ask(0, 100)))
+    assert client.tokens.reserve(60, clock.t) == 0
+    client.tokens.hold_until(clock.t + 1)
+    client.tokens.give_back(30)
+    client.tokens.give_back(-20)
+    assert client.next_ask().overdrawn == (0.0, pytest.approx(20))
+    unlimited = LeaseClient(never, clock)
+    unlimited.adopt(LeaseDesk(Limiter(concurrency=8), backoff_s=0.1, clock=clock).lease(Ask(0, 100)))
+    assert unlimited.tokens.reserve(60, clock.t) == 0
+    unlimited.tokens.give_back(30)
+    unlimited.tokens.give_back(-20)
+    assert unlimited.next_ask().overdrawn == (0.0, pytest.approx(20))
+
+
 def test_a_take_grown_a_little_since_its_span_was_sized_still_goes() -> None:
     """A reservation a little larger than the takes the span was sized for (the estimate moved) runs past
     its end by that little, told to the desk, rather than leave the whole take's room unused."""
@@ -277,6 +361,7 @@ def test_a_take_that_would_cross_into_another_workers_span_waits_for_a_span_it_f
     client.adopt(desk.lease(ask))  # from 0.1 s, where the first ends
     clock.t += 0.06  # the first take's 60 tokens have passed
     assert client.tokens.reserve(60, clock.t) == 0  # 40 tokens (0.04 s) early
+    assert client.tokens.carried == 0  # once
 
 
 def test_a_pacer_without_a_span_waits_for_the_next_lease() -> None:

@@ -271,7 +271,7 @@ class LeasedPacer(Pacer):
                 # lease's times are translated from wall-clock time on their own. Carried over, that overlap
                 # pushed the span's last take past its end, and the unit was lost (5% of a 2-worker limit).
                 if self._next <= span.start + CLOCK_SLACK:
-                    self._next = span.start - self.carried / span.rate_per_s
+                    self._next = max(span.start - self.carried / span.rate_per_s, self._held_until)
                 self.carried = 0.0
                 if not self._spans:
                     self._want()  # starting on the last span held: the next is asked for now
@@ -280,7 +280,6 @@ class LeasedPacer(Pacer):
             start = max(self._next, now - interval)
             if start >= span.end - EPSILON:  # adding intervals up leaves 0.9999999 where 1 was meant
                 self._span = None  # used up, or past
-                self.carried = 0.0
                 continue
             if start + interval > span.end + max(EPSILON, OVERRUN * interval) and interval <= LEASE_S:
                 # It would run into the next stretch of the desk's schedule, leased to another worker by
@@ -320,8 +319,9 @@ class LeasedPacer(Pacer):
         `Pacer` does on its schedule: at once, where the worker's next takes see it.
 
         The schedule moves back to one take before the span's start at most (before it, the stretch is
-        another worker's: as a `Pacer` catches a late take up by one interval, a make-up bunches one take
-        at most); the rest is dropped, as a `Pacer` drops what it cannot catch up on. Given to the desk,
+        another worker's: as a `Pacer` catches a late take up by one interval, each worker's make-up
+        bunches one take at most, so the run's up to one a worker), and never before a hold's end; the
+        rest is dropped, as a `Pacer` drops what it cannot catch up on. Given to the desk,
         whose schedule is leased a few spans ahead, it came back that much later, where it bunched with
         what was sent on time (a sliding window's 429s, and trims that cost more than it gave back). What
         is taken past the span's end goes to the desk (`overdrawn`), which moves its schedule on.
@@ -331,7 +331,9 @@ class LeasedPacer(Pacer):
             self.overdrawn -= min(amount, 0.0)  # units given back are dropped; units used beyond, told
             return
         moved = self._next - amount / span.rate_per_s
-        self._next = min(max(moved, span.start - self.last_take / span.rate_per_s), span.end)
+        # No later than it is, either: a carry may have moved it further back than one take.
+        lowest = max(min(self._next, span.start - self.last_take / span.rate_per_s), self._held_until)
+        self._next = min(max(moved, lowest), span.end)
         self.overdrawn += max(moved - self._next, 0.0) * span.rate_per_s
 
 

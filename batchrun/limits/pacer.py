@@ -21,7 +21,8 @@ class Pacer:
     `amount / rate_per_s`. A take may find the schedule behind its own time by at most that one interval:
     a waiter that woke a little late is caught up (the rate does not sag), while idle time is never banked,
     so after any pause at most two takes go back to back. A cooldown moves the schedule later
-    (`hold_until`); giving back unused units moves it earlier, but a schedule in the past still counts as
+    (`hold_until`); giving back unused units moves it earlier, never before a hold's end (a reply that
+    arrives during a cooldown must not let a take through it), and a schedule in the past still counts as
     no more than one interval behind. `rate_per_s` may be changed at any time (math.inf: no pacing, only
     holds).
     """
@@ -29,6 +30,7 @@ class Pacer:
     def __init__(self, rate_per_s: float = math.inf) -> None:
         self.rate_per_s = rate_per_s
         self._next = -math.inf
+        self._held_until = -math.inf  # the latest hold's end: nothing given back moves the schedule before it
         self._lock = anyio.Lock()  # anyio's Lock is fair: waiters are served in arrival order
 
     def reserve(self, amount: float, now: float) -> float:
@@ -62,11 +64,12 @@ class Pacer:
     def hold_until(self, when: float) -> None:
         """Nothing goes before `when` (a cooldown); what was not sent meanwhile is not made up for."""
         self._next = max(self._next, when)
+        self._held_until = max(self._held_until, when)
 
     def give_back(self, amount: float) -> None:
         """Return units taken but not used (or take more, with a negative amount)."""
         if math.isfinite(self._next):
-            self._next -= amount / self.rate_per_s
+            self._next = max(self._next - amount / self.rate_per_s, self._held_until)
 
     @property
     def waiting(self) -> bool:
