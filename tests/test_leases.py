@@ -10,19 +10,8 @@ import anyio
 import pytest
 
 from batchrun.errors import ErrorClass, ProviderError
-from batchrun.limits.leases import (
-    LEASE_S,
-    OPEN_S,
-    Ask,
-    Clock,
-    Grant,
-    LeaseClient,
-    LeaseDesk,
-    LeasedLimiter,
-    LeasedPacer,
-    Outcome,
-    Span,
-)
+from batchrun.limits.leased import LeaseClient, LeasedLimiter, LeasedPacer
+from batchrun.limits.leases import LEASE_S, OPEN_S, Ask, Clock, Grant, LeaseDesk, Outcome, Span
 from batchrun.limits.pacer import Pacer
 from batchrun.limits.pacing import Limiter, Ticket
 from batchrun.providers.headers import NO_RATE_INFO

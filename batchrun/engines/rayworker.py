@@ -27,7 +27,8 @@ from batchrun.engines.base import RunContext
 from batchrun.engines.channels import receive_batch, receive_ready, send
 from batchrun.engines.gctuning import quiet_gc
 from batchrun.engines.live import LiveEngine
-from batchrun.limits.leases import Ask, Grant, LeaseClient, LeaseDesk, LeasedLimiter
+from batchrun.limits.leased import LeaseClient, LeasedLimiter
+from batchrun.limits.leases import Ask, Grant, LeaseDesk
 from batchrun.limits.pacing import Limiter
 from batchrun.money.budget import Budget
 from batchrun.money.pricing import PriceBook
