@@ -88,8 +88,7 @@ def excerpt(text: str | bytes, limit: int = EXCERPT_CHARS) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     # The whole text is redacted before any of it is cut (it is bounded by the reply's size cap).
-    text = " ".join(redact(text)[: limit * 4].split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return _cut(" ".join(redact(text)[: limit * 4].split()), limit)
 
 
 def first_line(exc: BaseException, limit: int = EXCERPT_CHARS) -> str:
@@ -99,8 +98,12 @@ def first_line(exc: BaseException, limit: int = EXCERPT_CHARS) -> str:
     text = redact(str(exc)).strip()
     if not text:
         return type(exc).__name__
-    line = text.splitlines()[0]
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return _cut(text.splitlines()[0], limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters, "…" marking a cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def redact_reply(reply: Reply) -> Reply:

@@ -18,7 +18,16 @@ from batchrun.redact import first_line
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
-__all__ = ["is_url", "mirror_of", "mirror_root", "missing", "open_filesystem", "shown", "url_of"]
+__all__ = [
+    "is_url",
+    "mirror_of",
+    "mirror_root",
+    "missing",
+    "open_filesystem",
+    "read_small",
+    "shown",
+    "url_of",
+]
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
 
@@ -98,6 +107,20 @@ def open_filesystem(url: str) -> tuple[pafs.FileSystem, str]:
     except (ValueError, OSError) as exc:
         raise UsageError(f"{url}: {first_line(exc, 300)}") from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def read_small(fs: pafs.FileSystem, path: str, limit: int) -> bytes | None:
+    """The first `limit` bytes of a small object (a lock, a generation); None when there is none."""
+    try:
+        with fs.open_input_stream(path) as f:
+            data: bytes = f.read(limit)
+            return data
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if missing(exc):
+            return None
+        raise
 
 
 def missing(exc: BaseException) -> bool:

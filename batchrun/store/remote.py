@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import BatchrunError, StopRun, UsageError
 from batchrun.redact import first_line
-from batchrun.store.mirror import missing, open_filesystem, url_of
+from batchrun.store.mirror import open_filesystem, read_small, url_of
 from batchrun.store.remotelock import LOCK_REFRESH_SECONDS, StoreLock
 
 if TYPE_CHECKING:
@@ -236,11 +236,13 @@ class Remote:
         return sorted(name for name in self._all_segments() if name.startswith(prefix))
 
     def _all_segments(self) -> list[str]:
+        return [name for name in self._file_names(self.folder) if SEGMENT.fullmatch(name)]
+
+    def _file_names(self, folder: str) -> list[str]:
         import pyarrow.fs as pafs
 
-        selector = pafs.FileSelector(self.folder, allow_not_found=True)
-        names = [info.base_name for info in self.fs.get_file_info(selector) if info.is_file]
-        return [name for name in names if SEGMENT.fullmatch(name)]
+        selector = pafs.FileSelector(folder, allow_not_found=True)
+        return [info.base_name for info in self.fs.get_file_info(selector) if info.is_file]
 
     def forget(self) -> None:
         """`--fresh`, once the run store has emptied the mirror's journal (the input checked, the run on):
@@ -263,15 +265,8 @@ class Remote:
 
     def _generation(self) -> str:
         """The remote journal's generation (`GENESIS` until a `--fresh`)."""
-        try:
-            with self.fs.open_input_stream(f"{self.folder}/{GENERATION}") as f:
-                text = f.read(64).decode("ascii", "replace").strip()
-        except FileNotFoundError:
-            return GENESIS
-        except OSError as exc:
-            if missing(exc):
-                return GENESIS
-            raise
+        data = read_small(self.fs, f"{self.folder}/{GENERATION}", 64)
+        text = (data or b"").decode("ascii", "replace").strip()
         return text if re.fullmatch(r"[0-9a-f]{8}", text) else GENESIS
 
     def _journal_size(self) -> int:
@@ -291,9 +286,8 @@ class Remote:
                 generation if isinstance(generation, str) else None,
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return (
-                _State()
-            )  # no record: the whole mirror journal goes up again (duplicate lines are harmless)
+            # No record: the whole mirror journal goes up again (duplicate lines are harmless).
+            return _State()
         if state.pushed > size:  # the mirror's journal was cut or lost: send it all, take the remote's again
             return _State(generation=state.generation)
         return state
@@ -327,10 +321,7 @@ class Remote:
 
     def names_beside(self) -> list[str]:
         """The names of the files in the output's folder on the remote."""
-        import pyarrow.fs as pafs
-
-        selector = pafs.FileSelector(_parent(self.path), allow_not_found=True)
-        return [info.base_name for info in self.fs.get_file_info(selector) if info.is_file]
+        return self._file_names(_parent(self.path))
 
     # --- files ----------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import BatchrunError, UsageError
 from batchrun.redact import excerpt, first_line
-from batchrun.store.mirror import missing
+from batchrun.store.mirror import read_small
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -74,15 +74,9 @@ class StoreLock:
 
     def holder(self) -> dict[str, Any] | None:
         """The lock's content while it is fresh; None when there is none or its run has gone silent."""
-        try:
-            with self.fs.open_input_stream(self.path) as f:
-                data = f.read(4096)
-        except FileNotFoundError:
+        data = read_small(self.fs, self.path, 4096)
+        if data is None:
             return None
-        except OSError as exc:
-            if missing(exc):
-                return None
-            raise
         try:
             holder = json.loads(data)
         except ValueError:  # not batchrun's (or cut short): nobody's lock
