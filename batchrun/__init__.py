@@ -14,13 +14,13 @@ __all__ = ["load_job", "run_job"]
 
 if TYPE_CHECKING:
     from batchrun.engines.run import run_job
-    from batchrun.job.schema import load_job
+    from batchrun.job.loader import load_job
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: `import batchrun` (and so `batchrun --help`) must not pay for polars, httpx and aiohttp.
     if name == "load_job":
-        from batchrun.job.schema import load_job
+        from batchrun.job.loader import load_job
 
         return load_job
     if name == "run_job":

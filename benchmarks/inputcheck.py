@@ -29,7 +29,7 @@ from run import machine, measure, write_job, write_prompts  # noqa: E402 (a sibl
 STEP = """
 import sys, time
 from batchrun.inputs.prompts import PromptSet
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from batchrun.inputs.validate import check_input
 
 prompts = PromptSet(load_job(sys.argv[1]))

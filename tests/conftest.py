@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from batchrun.cli import main
 from batchrun.emulator import EmulatorConfig, EmulatorServer
 from batchrun.errors import JobFileError
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
 JOBS = Path(__file__).resolve().parent.parent / "jobs"

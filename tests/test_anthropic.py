@@ -13,7 +13,7 @@ import pytest
 
 from batchrun.engines.run import run_job
 from batchrun.errors import ErrorClass, JobFileError, ProviderError
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from batchrun.providers import make_provider
 from batchrun.providers.anthropic import AnthropicProvider, to_messages_body
 from batchrun.records import Request, Usage

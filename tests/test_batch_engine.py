@@ -20,7 +20,7 @@ from batchrun.emulator.batchconfig import BatchConfig
 from batchrun.engines.batchlog import BatchLog
 from batchrun.engines.run import run_job
 from batchrun.errors import StopRun
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from batchrun.store.runstore import run_folder
 
 Start = Callable[..., EmulatorServer]

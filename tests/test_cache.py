@@ -14,7 +14,7 @@ import pytest
 
 from batchrun.engines.run import run_job
 from batchrun.errors import UsageError
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from batchrun.records import Request, Result
 from batchrun.store.cache import ResponseCache
 

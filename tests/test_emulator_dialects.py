@@ -13,7 +13,7 @@ import pytest
 
 from batchrun.emulator import EmulatorServer
 from batchrun.engines.run import run_job
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from tests.test_runner_mock import WriteJob
 
 Start = Callable[..., EmulatorServer]

@@ -13,7 +13,7 @@ import pytest
 from batchrun.emulator import EmulatorConfig, EmulatorServer, format_duration
 from batchrun.emulator.ratelimit import RateLimiter
 from batchrun.engines.run import run_job
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 
 # Go's duration format as OpenAI sends it: `20ms`, `1s`, `1.5s`, `6m0s`, `1h0m0s`.
 DURATION = re.compile(r"\d+ms|(\d+h)?(\d+m)?\d+(\.\d+)?s")

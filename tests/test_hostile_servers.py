@@ -17,7 +17,8 @@ import pytest
 
 from batchrun.engines.run import run_job
 from batchrun.errors import StopRun
-from batchrun.job.schema import Job, load_job
+from batchrun.job.loader import load_job
+from batchrun.job.schema import Job
 from batchrun.net import endpoint
 from batchrun.report.summary import Summary
 from tests.hostile import (

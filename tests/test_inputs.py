@@ -14,7 +14,8 @@ from batchrun.errors import InputError
 from batchrun.inputs import prompts as inputs
 from batchrun.inputs.prompts import PromptSet
 from batchrun.inputs.render import BodyEncoder, Template, encode, estimate_tokens
-from batchrun.job.schema import Job, load_job
+from batchrun.job.loader import load_job
+from batchrun.job.schema import Job
 from batchrun.records import Request, Result
 
 WriteJob = Callable[..., Path]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from batchrun.errors import JobFileError
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from tests.conftest import load_error
 
 WriteJob = Callable[..., Path]

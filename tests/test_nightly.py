@@ -11,7 +11,7 @@ import pytest
 
 from batchrun.emulator import EmulatorServer
 from batchrun.errors import JobFileError
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from tests.conftest import CliResult, load_error
 
 Cli = Callable[..., CliResult]

@@ -12,7 +12,7 @@ import pytest
 
 from batchrun.engines.run import run_job
 from batchrun.engines.structured import as_json, wants_json
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from tests.test_runner_mock import (
     COMPLETION_TOKENS,
     PROMPT_TOKENS,

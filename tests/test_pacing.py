@@ -14,7 +14,7 @@ import pytest
 
 from batchrun.engines.run import run_job
 from batchrun.errors import ErrorClass, ProviderError, StopRun
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from batchrun.limits import adaptive as adaptive_module
 from batchrun.limits.adaptive import AdaptiveLimit
 from batchrun.limits.breaker import Breaker

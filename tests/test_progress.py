@@ -16,7 +16,7 @@ from rich.console import Console
 
 from batchrun.emulator import EmulatorServer
 from batchrun.engines.run import run_job
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from batchrun.report import runlog
 from batchrun.report.progress import LiveDisplay, Snapshot, binding, describe, eta_s, limiter_state
 from batchrun.report.timeline import timeline_path

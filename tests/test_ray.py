@@ -16,7 +16,7 @@ import pytest
 from batchrun.emulator import EmulatorServer
 from batchrun.engines.run import run_job
 from batchrun.errors import StopRun, UsageError
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from tests.conftest import CliResult
 
 Cli = Callable[..., CliResult]

@@ -22,7 +22,7 @@ import pytest
 
 from batchrun.emulator import EmulatorServer
 from batchrun.errors import JobFileError
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from batchrun.store import mirror, remote, remotelock
 from tests.conftest import CliResult
 from tests.hostile import serving

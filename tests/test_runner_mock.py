@@ -17,7 +17,8 @@ import pytest
 from batchrun.engines import run as runner_module
 from batchrun.engines.run import run_job
 from batchrun.errors import StopRun, UsageError
-from batchrun.job.schema import Job, load_job
+from batchrun.job.loader import load_job
+from batchrun.job.schema import Job
 from batchrun.limits.pacing import Limiter
 from batchrun.limits.retry import RETRY_AFTER_CAP_S
 from batchrun.net.endpoint import read_key

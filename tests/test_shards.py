@@ -10,7 +10,7 @@ import pytest
 
 from batchrun.emulator import EmulatorServer
 from batchrun.errors import UsageError
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from batchrun.job.shards import Shard, parse_shard, shard_job, shard_of
 from tests.conftest import CliResult
 

@@ -14,7 +14,7 @@ import pytest
 from batchrun.emulator import STATUS_TRUNCATED, EmulatorServer
 from batchrun.engines.run import run_job
 from batchrun.errors import ErrorClass, ProviderError
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from batchrun.providers.openai import OpenAIProvider
 from batchrun.providers.streaming import AnthropicStream, OpenAIStream
 from batchrun.records import Request, Usage

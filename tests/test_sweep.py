@@ -12,8 +12,8 @@ import pytest
 from batchrun.emulator import EmulatorServer
 from batchrun.errors import JobFileError
 from batchrun.job import sweep
+from batchrun.job.loader import load_job
 from batchrun.job.matrix import combinations, normalize
-from batchrun.job.schema import load_job
 from batchrun.records import Request
 from tests.conftest import CliResult, load_error
 

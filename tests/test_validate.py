@@ -15,7 +15,7 @@ from batchrun.errors import InputError
 from batchrun.inputs import readers, validate
 from batchrun.inputs.prompts import PromptSet
 from batchrun.inputs.validate import check_input
-from batchrun.job.schema import load_job
+from batchrun.job.loader import load_job
 from tests.conftest import CliResult
 
 WriteJob = Callable[..., Path]

@@ -42,7 +42,7 @@ def estimate(
     Rows answered by an earlier run of the same job (its journal) are left out, as `run` would; with
     --fresh they are counted, as `run --fresh` would send them again.
     """
-    from batchrun.job.schema import load_job
+    from batchrun.job.loader import load_job
     from batchrun.money.estimate import estimate_job
     from batchrun.store.remote import refreshed
 
@@ -80,7 +80,7 @@ def validate(
     Exit codes: 0 a run would start, 2 it would not (the message says what to fix).
     """
     from batchrun.errors import BatchrunError
-    from batchrun.job.schema import load_job
+    from batchrun.job.loader import load_job
     from batchrun.report.preview import preview
 
     log = logging.getLogger("batchrun")
@@ -113,7 +113,7 @@ def status(
     kill. An output on an object store is read from this machine's mirror, first brought up to date with
     what every machine sent up. A sweep split by {variant} shows each variant's output.
     """
-    from batchrun.job.schema import load_job
+    from batchrun.job.loader import load_job
     from batchrun.job.sweep import split
     from batchrun.report.status import job_status
     from batchrun.store.remote import refreshed

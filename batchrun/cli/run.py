@@ -78,7 +78,7 @@ def run(
     (a bug: the traceback is in the log file).
     """
     from batchrun.errors import BatchrunError
-    from batchrun.job.schema import load_job
+    from batchrun.job.loader import load_job
     from batchrun.job.sweep import split
     from batchrun.report import runlog
 
@@ -176,7 +176,7 @@ def cancel(job_file: Path, output_path: str | None, overrides: tuple[str, ...]) 
     Exit codes: 0 done (or nothing to cancel), 2 bad job file, 3 the provider could not be reached.
     """
     from batchrun.engines.batchcancel import cancel_batches
-    from batchrun.job.schema import load_job
+    from batchrun.job.loader import load_job
 
     with user_errors():
         job = load_job(job_file, overrides, output_path=output_path)
@@ -205,7 +205,7 @@ def merge(
     Give the options the shards ran with (--set, --input, --limit). Exit codes: 0 every row ok, 1 some rows
     failed, 2 a shard is missing (named), still running, or does not match the input, 3 some rows pending.
     """
-    from batchrun.job.schema import load_job
+    from batchrun.job.loader import load_job
     from batchrun.job.sweep import split
     from batchrun.store.merge import merge_shards
 

@@ -26,8 +26,9 @@ from batchrun.errors import JobFileError
 from batchrun.inputs.prompts import SLICE_ROWS, PromptSet, Slice
 from batchrun.inputs.readers import Batch
 from batchrun.job import paths
+from batchrun.job.loader import format_validation_error
 from batchrun.job.matrix import Axis, axes, combinations
-from batchrun.job.schema import Job, _format_validation_error
+from batchrun.job.schema import Job
 
 if TYPE_CHECKING:
     import polars as pl
@@ -64,7 +65,7 @@ def variants(job: Job) -> list[Variant]:
                 {**data, "source": job.source, "started": job.started, "shard": job.shard}
             )
         except ValidationError as exc:
-            message = _format_validation_error(exc).removeprefix("invalid job file:\n  ")
+            message = format_validation_error(exc).removeprefix("invalid job file:\n  ")
             raise JobFileError(where, f"variant {combo.name}: {message}", key="matrix") from None
         prompt = variant_job.prompt
         if prompt.template is None and prompt.messages_column is None:
